@@ -1,0 +1,40 @@
+# Everything runs from .venv, which `make` creates from pyproject.toml on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv lint typecheck test demo up down bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy .
+
+test: lint typecheck
+	$(PY) -m pytest
+
+up: venv
+	$(PY) -m billing.stack up
+
+down: venv
+	$(PY) -m billing.stack down
+
+demo: up
+	$(PY) starter.py demo
+
+bench: venv
+	$(PY) -m bench.sandbox_throughput
+
+clean: down
+	rm -rf .data

@@ -1,0 +1,85 @@
+"""Launch a period's payment workflows: safe to re-run, never a second workflow per payment."""
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from billing.constants import TASK_QUEUE, TERMINAL_STATUSES, workflow_id
+from billing.ledger import Ledger
+from billing.models import PaymentInput, PaymentResult
+from workflows.payment import PaymentWorkflow
+
+CONCURRENT_STARTS = 32
+
+
+@dataclass
+class LaunchSummary:
+    rows_created: int = 0
+    started: int = 0
+    already_launched: int = 0
+    already_final: int = 0
+
+    @property
+    def payments(self) -> int:
+        return self.started + self.already_launched + self.already_final
+
+
+async def launch_period(
+    ledger: Ledger,
+    client: Client,
+    period: str,
+    *,
+    on_total: Callable[[int], None] = lambda _: None,
+    on_progress: Callable[[], None] = lambda: None,
+) -> LaunchSummary:
+    """Create the period's missing rows, then start one workflow per unfinished payment.
+
+    The workflow id derives from the payment; REJECT_DUPLICATE keeps a finished payment
+    finished, and FAIL on conflict keeps a running one single.
+    """
+    summary = LaunchSummary(rows_created=await ledger.create_period_payments(period))
+    payments = await ledger.period_payment_inputs(period)
+    unfinished = [p for p, status in payments if status not in TERMINAL_STATUSES]
+    summary.already_final = len(payments) - len(unfinished)
+    on_total(len(unfinished))
+    slots = asyncio.Semaphore(CONCURRENT_STARTS)
+
+    async def start(payment: PaymentInput) -> None:
+        async with slots:
+            try:
+                await client.start_workflow(
+                    PaymentWorkflow.run,
+                    payment,
+                    id=workflow_id(payment.payment_id),
+                    task_queue=TASK_QUEUE,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                )
+                summary.started += 1
+            except WorkflowAlreadyStartedError:
+                summary.already_launched += 1
+            on_progress()
+
+    await asyncio.gather(*(start(p) for p in unfinished))
+    return summary
+
+
+async def wait_for_payments(
+    client: Client,
+    payment_ids: Sequence[str],
+    *,
+    on_progress: Callable[[], None] = lambda: None,
+) -> list[PaymentResult]:
+    async def wait(payment_id: str) -> PaymentResult:
+        handle: WorkflowHandle[PaymentWorkflow, PaymentResult] = client.get_workflow_handle(
+            workflow_id(payment_id), result_type=PaymentResult
+        )
+        result = await handle.result()
+        on_progress()
+        return result
+
+    return list(await asyncio.gather(*(wait(p) for p in payment_ids)))

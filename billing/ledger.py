@@ -1,0 +1,256 @@
+"""The Postgres ledger: the system of record for customers and payments.
+
+All SQL lives here. Every payment write is a guarded transition that appends to
+`payment_events` in the same transaction (DESIGN.md).
+"""
+
+import json
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+from billing.constants import PaymentStatus
+from billing.models import NewCustomer, PaymentEvent, PaymentInput, PaymentRecord
+
+# Allowed previous states of each target state.
+TRANSITIONS: Mapping[PaymentStatus, frozenset[PaymentStatus]] = {
+    PaymentStatus.AUTHORIZED: frozenset({PaymentStatus.PENDING}),
+    PaymentStatus.SUCCEEDED: frozenset({PaymentStatus.AUTHORIZED}),
+    PaymentStatus.FAILED: frozenset({PaymentStatus.PENDING, PaymentStatus.AUTHORIZED}),
+    PaymentStatus.CANCELLED: frozenset({PaymentStatus.PENDING, PaymentStatus.AUTHORIZED}),
+}
+
+MIGRATION_LOCK_ID = 0x62696C6C  # any constant shared by every process that migrates
+
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     text PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)"""
+
+UPSERT_CUSTOMER = """
+INSERT INTO customers (email, stripe_customer_id, payment_method_id, monthly_amount, currency,
+                       active)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (email) DO UPDATE SET
+    stripe_customer_id = EXCLUDED.stripe_customer_id,
+    payment_method_id = EXCLUDED.payment_method_id,
+    monthly_amount = EXCLUDED.monthly_amount,
+    currency = EXCLUDED.currency,
+    active = EXCLUDED.active,
+    updated_at = now()"""
+
+CUSTOMER_BY_EMAIL = "SELECT stripe_customer_id, payment_method_id FROM customers WHERE email = $1"
+
+CREATE_PERIOD_PAYMENTS = """
+WITH created AS (
+    INSERT INTO payments (customer_id, billing_period, amount, currency)
+    SELECT id, $1, monthly_amount, currency FROM customers WHERE active
+    ON CONFLICT (customer_id, billing_period) DO NOTHING
+    RETURNING id
+)
+INSERT INTO payment_events (payment_id, from_status, to_status, detail)
+SELECT id, NULL, 'pending', '{"by": "bill"}'::jsonb FROM created"""
+
+PERIOD_PAYMENT_INPUTS = """
+SELECT p.id::text AS payment_id, p.customer_id::text AS customer_id,
+       p.billing_period, p.amount, p.currency, p.status,
+       c.stripe_customer_id, c.payment_method_id
+FROM payments p JOIN customers c ON c.id = p.customer_id
+WHERE p.billing_period = $1
+ORDER BY p.created_at, p.id"""
+
+PAYMENT_COLUMNS = """
+id::text, customer_id::text, billing_period, amount, currency, status,
+stripe_payment_intent_id, amount_received, failure_code, failure_message, created_at, updated_at"""
+
+PAYMENT_BY_ID = f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1::uuid"
+
+PAYMENTS_OF_PERIOD = (
+    f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE billing_period = $1 ORDER BY created_at, id"
+)
+
+EVENTS_OF_PAYMENT = """
+SELECT payment_id::text, from_status, to_status, detail, occurred_at
+FROM payment_events WHERE payment_id = $1::uuid ORDER BY id"""
+
+LOCK_PAYMENT = (
+    "SELECT status, stripe_payment_intent_id FROM payments WHERE id = $1::uuid FOR UPDATE"
+)
+
+APPLY_TRANSITION = """
+UPDATE payments SET
+    status = $2,
+    stripe_payment_intent_id = COALESCE($3, stripe_payment_intent_id),
+    amount_received = COALESCE($4, amount_received),
+    failure_code = COALESCE($5, failure_code),
+    failure_message = COALESCE($6, failure_message),
+    authorized_at = CASE WHEN $2 = 'authorized' THEN now() ELSE authorized_at END,
+    captured_at = CASE WHEN $2 = 'succeeded' THEN now() ELSE captured_at END,
+    updated_at = now()
+WHERE id = $1::uuid"""
+
+APPEND_EVENT = """
+INSERT INTO payment_events (payment_id, from_status, to_status, detail)
+VALUES ($1::uuid, $2, $3, $4::jsonb)"""
+
+
+class LedgerError(Exception):
+    """A ledger rule was broken; the message says which and what to do."""
+
+
+class UnknownPayment(LedgerError):
+    pass
+
+
+class ForbiddenTransition(LedgerError):
+    pass
+
+
+async def open_pool(database_url: str, *, max_size: int = 10) -> asyncpg.Pool:
+    """One pool per process: created at start, closed at its end."""
+    return await asyncpg.create_pool(database_url, min_size=1, max_size=max_size)
+
+
+async def migrate(pool: asyncpg.Pool) -> list[str]:
+    """Apply the numbered SQL files not yet applied. Safe when processes start at once."""
+    migrations = sorted(
+        (f for f in resources.files("billing.migrations").iterdir() if f.name.endswith(".sql")),
+        key=lambda f: f.name,
+    )
+    applied_now: list[str] = []
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+        await conn.execute(CREATE_MIGRATIONS_TABLE)
+        done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+        for migration in migrations:
+            version = migration.name.removesuffix(".sql")
+            if version in done:
+                continue
+            await conn.execute(migration.read_text())
+            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            applied_now.append(version)
+    return applied_now
+
+
+class Ledger:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def upsert_customers(self, customers: Iterable[NewCustomer]) -> int:
+        """All or nothing: one transaction for the whole batch."""
+        rows = [
+            (
+                c.email,
+                c.stripe_customer_id,
+                c.payment_method_id,
+                c.monthly_amount,
+                c.currency,
+                c.active,
+            )
+            for c in customers
+        ]
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(UPSERT_CUSTOMER, rows)
+        return len(rows)
+
+    async def stripe_ids_of(self, email: str) -> tuple[str, str] | None:
+        row = await self._pool.fetchrow(CUSTOMER_BY_EMAIL, email)
+        return None if row is None else (row["stripe_customer_id"], row["payment_method_id"])
+
+    async def create_period_payments(self, period: str) -> int:
+        """Create the missing payment rows of a period; returns how many were new."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(CREATE_PERIOD_PAYMENTS, period)
+        return int(status.split()[-1])
+
+    async def period_payment_inputs(self, period: str) -> list[tuple[PaymentInput, PaymentStatus]]:
+        rows = await self._pool.fetch(PERIOD_PAYMENT_INPUTS, period)
+        return [
+            (
+                PaymentInput(
+                    payment_id=r["payment_id"],
+                    customer_id=r["customer_id"],
+                    billing_period=r["billing_period"],
+                    amount=r["amount"],
+                    currency=r["currency"],
+                    stripe_customer_id=r["stripe_customer_id"],
+                    payment_method_id=r["payment_method_id"],
+                ),
+                PaymentStatus(r["status"]),
+            )
+            for r in rows
+        ]
+
+    async def payment(self, payment_id: str) -> PaymentRecord | None:
+        try:
+            row = await self._pool.fetchrow(PAYMENT_BY_ID, payment_id)
+        except asyncpg.DataError:  # not a UUID at all
+            return None
+        return None if row is None else PaymentRecord(**dict(row))
+
+    async def period_payments(self, period: str) -> list[PaymentRecord]:
+        return [
+            PaymentRecord(**dict(r)) for r in await self._pool.fetch(PAYMENTS_OF_PERIOD, period)
+        ]
+
+    async def events(self, payment_id: str) -> list[PaymentEvent]:
+        rows = await self._pool.fetch(EVENTS_OF_PAYMENT, payment_id)
+        return [PaymentEvent(**{**dict(r), "detail": json.loads(r["detail"])}) for r in rows]
+
+    async def transition(
+        self,
+        payment_id: str,
+        to: PaymentStatus,
+        *,
+        intent_id: str | None = None,
+        amount_received: int | None = None,
+        failure_code: str | None = None,
+        failure_message: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Move a payment to `to`. Returns False when it is already there (a replay).
+
+        Raises ForbiddenTransition when the current state does not allow the move, or when a
+        replay names another PaymentIntent than the one recorded.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(LOCK_PAYMENT, payment_id)
+            if row is None:
+                raise UnknownPayment(f"payment {payment_id} does not exist")
+            current = PaymentStatus(row["status"])
+            recorded_intent = row["stripe_payment_intent_id"]
+            if intent_id and recorded_intent and intent_id != recorded_intent:
+                raise ForbiddenTransition(
+                    f"payment {payment_id} is bound to {recorded_intent}, not {intent_id}"
+                )
+            if current == to:
+                return False
+            if current not in TRANSITIONS[to]:
+                raise ForbiddenTransition(f"payment {payment_id} cannot move {current} -> {to}")
+            await conn.execute(
+                APPLY_TRANSITION,
+                payment_id,
+                to.value,
+                intent_id,
+                amount_received,
+                failure_code,
+                failure_message,
+            )
+            event_detail = {
+                k: v
+                for k, v in {
+                    "intent_id": intent_id,
+                    "amount_received": amount_received,
+                    "failure_code": failure_code,
+                    "failure_message": failure_message,
+                    **(detail or {}),
+                }.items()
+                if v is not None
+            }
+            await conn.execute(
+                APPEND_EVENT, payment_id, current.value, to.value, json.dumps(event_detail)
+            )
+        return True

@@ -1,0 +1,21 @@
+"""Billing periods are calendar months written YYYY-MM."""
+
+import re
+from datetime import UTC, datetime
+
+PERIOD_PATTERN = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+class InvalidPeriod(ValueError):
+    pass
+
+
+def parse_period(text: str) -> str:
+    match = PERIOD_PATTERN.match(text)
+    if not match or not 1 <= int(match.group(2)) <= 12 or int(match.group(1)) < 2000:
+        raise InvalidPeriod(f"invalid billing period {text!r}: expected YYYY-MM, e.g. 2026-11")
+    return text
+
+
+def current_period(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).strftime("%Y-%m")

@@ -1,0 +1,58 @@
+"""Configuration, read once from the environment."""
+
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SANDBOX_API_KEY = "sk_test_sandbox"
+
+
+class Settings(BaseSettings):
+    """Unset service variables fall back to the embedded stack that `make up` runs."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL URL; unset means the embedded server."
+    )
+    stripe_api_key: SecretStr | None = Field(
+        default=None, description="Stripe secret key; unset means the local sandbox."
+    )
+    stripe_api_base: str | None = Field(
+        default=None, description="Stripe API base URL; unset means Stripe, or the sandbox."
+    )
+    stripe_max_network_retries: int = Field(
+        default=0,
+        description="SDK-level retries; 0 because Temporal retries the whole activity.",
+    )
+    capture_delay: timedelta = Field(
+        default=timedelta(0), description="Wait between authorization and capture."
+    )
+    data_dir: Path = Field(default=Path(".data"), description="Embedded stack state.")
+    embedded_postgres_port: int = 55432
+    embedded_temporal_port: int = 7233
+    embedded_temporal_ui_port: int = 8233
+    sandbox_port: int = 12111
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"postgresql://postgres@127.0.0.1:{self.embedded_postgres_port}/billing"
+
+    def resolved_stripe_key(self) -> str:
+        if self.stripe_api_key is not None:
+            return self.stripe_api_key.get_secret_value()
+        return SANDBOX_API_KEY
+
+    def resolved_stripe_base(self) -> str | None:
+        """None means the SDK's own default, which is Stripe itself."""
+        if self.stripe_api_base:
+            return self.stripe_api_base
+        if self.stripe_api_key is None:
+            return f"http://127.0.0.1:{self.sandbox_port}"
+        return None
+
+    def embedded_temporal_address(self) -> str:
+        return f"127.0.0.1:{self.embedded_temporal_port}"

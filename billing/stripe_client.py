@@ -1,0 +1,19 @@
+"""The one way to build a Stripe client: from settings, never the global `stripe.api_key`."""
+
+import stripe
+
+from billing.settings import Settings
+
+# Below the Stripe activities' start_to_close timeout, so a hung request fails inside the
+# attempt and the engine retries it with the same idempotency key.
+STRIPE_HTTP_TIMEOUT_SECONDS = 20.0
+
+
+def make_stripe_client(settings: Settings) -> stripe.StripeClient:
+    base = settings.resolved_stripe_base()
+    return stripe.StripeClient(
+        settings.resolved_stripe_key(),
+        base_addresses={"api": base} if base else None,
+        max_network_retries=settings.stripe_max_network_retries,
+        http_client=stripe.HTTPXClient(timeout=STRIPE_HTTP_TIMEOUT_SECONDS),
+    )

@@ -1,0 +1,69 @@
+"""Runs the payment workflows and their activities until SIGINT or SIGTERM."""
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.ledger_activities import LedgerActivities
+from activities.stripe_activities import StripeActivities
+from billing.constants import TASK_QUEUE
+from billing.ledger import migrate, open_pool
+from billing.settings import Settings
+from billing.stripe_client import make_stripe_client
+from billing.temporal_client import connect_temporal
+from workflows.payment import PaymentWorkflow
+
+log = logging.getLogger("billing.worker")
+
+
+async def run_worker(
+    stop: asyncio.Event, settings: Settings | None = None, client: Client | None = None
+) -> None:
+    """Serve until `stop` is set, then let in-flight activities finish and close the pool."""
+    settings = settings or Settings()
+    client = client or await connect_temporal(settings)
+    pool = await open_pool(settings.resolved_database_url())
+    try:
+        await migrate(pool)
+        stripe_activities = StripeActivities(make_stripe_client(settings))
+        ledger_activities = LedgerActivities(pool)
+        worker = Worker(
+            client,
+            task_queue=TASK_QUEUE,
+            workflows=[PaymentWorkflow],
+            activities=[
+                stripe_activities.authorize,
+                stripe_activities.capture,
+                ledger_activities.record_authorization,
+                ledger_activities.finalize,
+                ledger_activities.record_failure,
+            ],
+            graceful_shutdown_timeout=timedelta(seconds=10),
+        )
+        async with worker:
+            log.info("worker polling task queue %r", TASK_QUEUE)
+            await stop.wait()
+            log.info("shutting down")
+    finally:
+        await pool.close()
+
+
+async def serve() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run_worker(stop)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
