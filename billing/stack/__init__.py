@@ -1,0 +1,27 @@
+"""The embedded stack: real PostgreSQL and Temporal from wheels, plus background processes.
+
+See `python -m billing.stack --help`; tests use the classes directly.
+"""
+
+from billing.stack.postgres import EmbeddedPostgres, PostgresError
+from billing.stack.processes import BackgroundProcess
+from billing.stack.temporal import (
+    EmbeddedTemporal,
+    TemporalError,
+    dev_server_args,
+    start_local_environment,
+    temporal_cli_path,
+    test_server_path,
+)
+
+__all__ = [
+    "BackgroundProcess",
+    "EmbeddedPostgres",
+    "EmbeddedTemporal",
+    "PostgresError",
+    "TemporalError",
+    "dev_server_args",
+    "start_local_environment",
+    "temporal_cli_path",
+    "test_server_path",
+]

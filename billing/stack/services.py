@@ -1,0 +1,189 @@
+"""The whole embedded stack of `make up`: PostgreSQL, Temporal, the Stripe sandbox and a worker.
+
+Each service runs only where its setting is unset (DATABASE_URL, Temporal's envconfig address,
+STRIPE_API_KEY); the worker always runs. State, pids and logs live under `settings.data_dir`.
+"""
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from temporalio.envconfig import ClientConfigProfile
+
+from billing.settings import Settings
+from billing.stack.ports import LOOPBACK, port_accepts, wait_until_closed
+from billing.stack.postgres import EmbeddedPostgres
+from billing.stack.processes import BackgroundProcess, log_tail
+from billing.stack.temporal import EmbeddedTemporal
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+WORKER_SCRIPT = PROJECT_ROOT / "worker.py"
+SANDBOX_READY_TIMEOUT_S = 30.0
+# The worker connects to Temporal and Postgres at start; if that fails it exits within this.
+WORKER_SETTLE_S = 2.0
+WORKER_STOP_TIMEOUT_S = 60.0
+
+
+class StackError(RuntimeError):
+    """A service of the embedded stack did not come up."""
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    name: str
+    state: str  # "running", "stopped" or "external"
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.name:<15} {self.state:<8} {self.detail}"
+
+
+def temporal_is_external() -> bool:
+    """True when Temporal's own configuration (TEMPORAL_ADDRESS or a profile) names a server."""
+    return bool(ClientConfigProfile.load().address)
+
+
+class EmbeddedStack:
+    """The services of `make up`, built from the same settings the worker and starter read."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        data_dir = settings.data_dir.absolute()
+        self.data_dir = data_dir
+        self.postgres = EmbeddedPostgres(data_dir / "postgres", settings.embedded_postgres_port)
+        self.temporal = EmbeddedTemporal(
+            data_dir / "temporal",
+            settings.embedded_temporal_port,
+            settings.embedded_temporal_ui_port,
+            run_dir=data_dir,
+        )
+        python_env = {"PYTHONUNBUFFERED": "1"}
+        self.sandbox = BackgroundProcess(
+            "stripe-sandbox",
+            [sys.executable, "-m", "stripe_sandbox", "--port", str(settings.sandbox_port)],
+            data_dir,
+            env=python_env,
+            cwd=PROJECT_ROOT,
+        )
+        self.worker = BackgroundProcess(
+            "worker", [sys.executable, str(WORKER_SCRIPT)], data_dir, env=python_env, cwd=Path.cwd()
+        )
+
+    @property
+    def postgres_external(self) -> bool:
+        return self.settings.database_url is not None
+
+    @property
+    def temporal_external(self) -> bool:
+        return temporal_is_external()
+
+    @property
+    def stripe_external(self) -> bool:
+        return self.settings.stripe_api_key is not None
+
+    def up(self, report: Callable[[str], None] = print) -> None:
+        """Start whatever is not running yet, wait for each, and report one line per service."""
+        if not self.postgres_external:
+            self.postgres.start()
+        if not self.temporal_external:
+            self.temporal.start()
+        if not self.stripe_external:
+            self._start_sandbox()
+        self._start_worker()
+        for state in self.status():
+            report(state.line())
+        if not self.temporal_external:
+            report(f"Temporal Web UI: {self.temporal.ui_url}")
+
+    def down(self, report: Callable[[str], None] = print) -> None:
+        """Stop the worker first (gracefully), then the services it used. Idempotent."""
+        steps: list[tuple[str, bool, Callable[[], None]]] = [
+            ("worker", self.worker.is_alive(), lambda: self.worker.stop(WORKER_STOP_TIMEOUT_S)),
+            ("stripe-sandbox", self.sandbox.is_alive(), self._stop_sandbox),
+            ("temporal", self.temporal.is_running(), self.temporal.stop),
+            ("postgres", self.postgres.is_running(), self.postgres.stop),
+        ]
+        for name, running, stop in steps:
+            stop()
+            report(f"{name:<15} {'stopped' if running else 'was not running'}")
+
+    def status(self) -> list[ServiceState]:
+        return [
+            self._postgres_state(),
+            self._temporal_state(),
+            self._sandbox_state(),
+            self._worker_state(),
+        ]
+
+    def _start_sandbox(self) -> None:
+        port = self.settings.sandbox_port
+        if not self.sandbox.is_alive() and port_accepts(port):
+            raise StackError(f"port {port} for the Stripe sandbox is taken by another process")
+        self.sandbox.start()
+        deadline = time.monotonic() + SANDBOX_READY_TIMEOUT_S
+        while not port_accepts(port):
+            if not self.sandbox.is_alive():
+                raise StackError(self._died("the Stripe sandbox", self.sandbox))
+            if time.monotonic() >= deadline:
+                self.sandbox.stop()
+                raise StackError(
+                    f"the Stripe sandbox did not listen on port {port} within "
+                    f"{SANDBOX_READY_TIMEOUT_S:.0f}s; {self.sandbox.log_path} ends with:\n"
+                    f"{log_tail(self.sandbox.log_path)}"
+                )
+            time.sleep(0.1)
+
+    def _stop_sandbox(self) -> None:
+        self.sandbox.stop()
+        wait_until_closed(self.settings.sandbox_port, timeout=10)
+
+    def _start_worker(self) -> None:
+        if self.worker.is_alive():
+            return
+        if not WORKER_SCRIPT.exists():
+            raise StackError(f"{WORKER_SCRIPT} is missing")
+        self.worker.start()
+        time.sleep(WORKER_SETTLE_S)
+        if not self.worker.is_alive():
+            raise StackError(self._died("the worker", self.worker))
+
+    @staticmethod
+    def _died(what: str, process: BackgroundProcess) -> str:
+        tail = log_tail(process.log_path)
+        return f"{what} exited during start; {process.log_path} ends with:\n{tail}"
+
+    def _postgres_state(self) -> ServiceState:
+        if self.postgres_external:
+            return ServiceState("postgres", "external", "DATABASE_URL is set")
+        if self.postgres.is_running():
+            return ServiceState(
+                "postgres", "running", f"{self.postgres.url()} (pid {self.postgres.pid})"
+            )
+        return ServiceState("postgres", "stopped", f"data in {self.postgres.pgdata}")
+
+    def _temporal_state(self) -> ServiceState:
+        if self.temporal_external:
+            return ServiceState("temporal", "external", "address from Temporal's configuration")
+        if self.temporal.is_running():
+            detail = (
+                f"{self.temporal.address}, Web UI {self.temporal.ui_url} (pid {self.temporal.pid})"
+            )
+            return ServiceState("temporal", "running", detail)
+        return ServiceState("temporal", "stopped", f"data in {self.temporal.db_file}")
+
+    def _sandbox_state(self) -> ServiceState:
+        if self.stripe_external:
+            return ServiceState("stripe-sandbox", "external", "STRIPE_API_KEY is set")
+        if self.sandbox.is_alive():
+            url = f"http://{LOOPBACK}:{self.settings.sandbox_port}"
+            return ServiceState("stripe-sandbox", "running", f"{url} (pid {self.sandbox.pid})")
+        return ServiceState("stripe-sandbox", "stopped", f"log in {self.sandbox.log_path}")
+
+    def _worker_state(self) -> ServiceState:
+        if self.worker.is_alive():
+            return ServiceState(
+                "worker", "running", f"pid {self.worker.pid}, log in {self.worker.log_path}"
+            )
+        return ServiceState("worker", "stopped", f"log in {self.worker.log_path}")
