@@ -10,7 +10,6 @@ from temporalio.worker import Worker
 
 from activities.ledger_activities import LedgerActivities
 from activities.stripe_activities import StripeActivities
-from billing.constants import TASK_QUEUE
 from billing.ledger import migrate, open_pool
 from billing.settings import Settings
 from billing.stripe_client import make_stripe_client
@@ -33,7 +32,7 @@ async def run_worker(
         ledger_activities = LedgerActivities(pool)
         worker = Worker(
             client,
-            task_queue=TASK_QUEUE,
+            task_queue=settings.task_queue,
             workflows=[PaymentWorkflow],
             activities=[
                 stripe_activities.authorize,
@@ -45,7 +44,7 @@ async def run_worker(
             graceful_shutdown_timeout=timedelta(seconds=10),
         )
         async with worker:
-            log.info("worker polling task queue %r", TASK_QUEUE)
+            log.info("worker polling task queue %r", settings.task_queue)
             await stop.wait()
             log.info("shutting down")
     finally:

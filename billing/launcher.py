@@ -8,7 +8,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from billing.constants import TASK_QUEUE, TERMINAL_STATUSES, workflow_id
+from billing.constants import TERMINAL_STATUSES, workflow_id
 from billing.ledger import Ledger
 from billing.models import PaymentInput, PaymentResult
 from workflows.payment import PaymentWorkflow
@@ -32,6 +32,7 @@ async def launch_period(
     ledger: Ledger,
     client: Client,
     period: str,
+    task_queue: str,
     *,
     on_total: Callable[[int], None] = lambda _: None,
     on_progress: Callable[[], None] = lambda: None,
@@ -55,7 +56,7 @@ async def launch_period(
                     PaymentWorkflow.run,
                     payment,
                     id=workflow_id(payment.payment_id),
-                    task_queue=TASK_QUEUE,
+                    task_queue=task_queue,
                     id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                     id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 )

@@ -6,6 +6,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from billing.constants import TASK_QUEUE
+
 SANDBOX_API_KEY = "sk_test_sandbox"
 
 
@@ -27,10 +29,16 @@ class Settings(BaseSettings):
         default=0,
         description="SDK-level retries; 0 because Temporal retries the whole activity.",
     )
+    task_queue: str = Field(
+        default=TASK_QUEUE, description="Temporal task queue shared by worker and starter."
+    )
     capture_delay: timedelta = Field(
         default=timedelta(0), description="Wait between authorization and capture."
     )
     data_dir: Path = Field(default=Path(".data"), description="Embedded stack state.")
+    temporal_ui_url: str = Field(
+        default="http://127.0.0.1:8233", description="Where the Temporal Web UI is served."
+    )
     embedded_postgres_port: int = 55432
     embedded_temporal_port: int = 7233
     embedded_temporal_ui_port: int = 8233

@@ -1,0 +1,65 @@
+"""Demo customers: seeded into Stripe (or the sandbox) and Postgres; safe to repeat."""
+
+import stripe
+
+from billing.ledger import Ledger
+from billing.models import NewCustomer
+
+DEMO_CUSTOMERS = 50
+
+# Most cards pay; a few decline in each of the ways the workflow must handle.
+DEMO_CARDS = (
+    ["pm_card_visa"] * 6
+    + ["pm_card_mastercard"] * 2
+    + ["pm_card_chargeDeclined", "pm_card_chargeDeclinedInsufficientFunds"]
+)
+DEMO_CURRENCIES = ("usd", "eur")
+
+
+def demo_email(number: int) -> str:
+    return f"demo-{number:03d}@example.com"
+
+
+async def _stripe_customer_exists(client: stripe.StripeClient, customer_id: str) -> bool:
+    try:
+        await client.v1.customers.retrieve_async(customer_id)
+    except stripe.InvalidRequestError as err:
+        if err.http_status == 404:
+            return False
+        raise
+    return True
+
+
+async def _create_in_stripe(client: stripe.StripeClient, email: str, card: str) -> tuple[str, str]:
+    """A Stripe customer with the test card attached, keyed by email so a retry replays."""
+    customer = await client.v1.customers.create_async(
+        {"email": email, "description": "demo customer"},
+        {"idempotency_key": f"demo_customer_{email}"},
+    )
+    method = await client.v1.payment_methods.attach_async(
+        card, {"customer": customer.id}, {"idempotency_key": f"demo_attach_{email}_{customer.id}"}
+    )
+    return customer.id, method.id
+
+
+async def seed_demo_customers(
+    ledger: Ledger, client: stripe.StripeClient, count: int = DEMO_CUSTOMERS
+) -> list[NewCustomer]:
+    """Reuse each demo customer that Stripe still knows; create the others."""
+    customers = []
+    for number in range(1, count + 1):
+        email = demo_email(number)
+        known = await ledger.stripe_ids_of(email)
+        if known is None or not await _stripe_customer_exists(client, known[0]):
+            known = await _create_in_stripe(client, email, DEMO_CARDS[number % len(DEMO_CARDS)])
+        customers.append(
+            NewCustomer(
+                email=email,
+                stripe_customer_id=known[0],
+                payment_method_id=known[1],
+                monthly_amount=500 + (number * 137) % 9500,
+                currency=DEMO_CURRENCIES[number % len(DEMO_CURRENCIES)],
+            )
+        )
+    await ledger.upsert_customers(customers)
+    return customers

@@ -1,0 +1,284 @@
+"""Operator CLI: bill a month, inspect payments, import customers, run the demo.
+
+Bad input gets a one-line error on stderr and exit code 2, with nothing written half-way.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import asyncpg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
+
+from billing.constants import BILLING_PERIOD, workflow_id
+from billing.customers_csv import InvalidCsv, read_customers
+from billing.demo import seed_demo_customers
+from billing.launcher import LaunchSummary, launch_period, wait_for_payments
+from billing.ledger import Ledger, migrate, open_pool
+from billing.models import PaymentRecord
+from billing.period import InvalidPeriod, current_period, parse_period
+from billing.settings import Settings
+from billing.stripe_client import make_stripe_client
+from billing.temporal_client import connect_temporal
+from workflows.payment import PaymentWorkflow
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+
+out = Console()
+err_console = Console(stderr=True)
+
+
+class CliError(Exception):
+    """Shown as one line on stderr; exit code 2."""
+
+
+@dataclass
+class Services:
+    settings: Settings
+    ledger: Ledger
+    client_override: Client | None = None
+    _client: Client | None = None
+
+    async def temporal(self) -> Client:
+        if self.client_override is not None:
+            return self.client_override
+        if self._client is None:
+            try:
+                self._client = await connect_temporal(self.settings)
+            except RuntimeError as err:
+                raise CliError(
+                    f"cannot reach Temporal ({err}); run `make up` or set TEMPORAL_ADDRESS"
+                ) from err
+        return self._client
+
+
+@asynccontextmanager
+async def services(settings: Settings, client: Client | None) -> AsyncIterator[Services]:
+    url = settings.resolved_database_url()
+    try:
+        pool = await asyncio.wait_for(open_pool(url, max_size=4), timeout=15)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as err:
+        raise CliError(
+            f"cannot reach PostgreSQL ({err}); run `make up` or set DATABASE_URL"
+        ) from err
+    try:
+        await migrate(pool)
+        yield Services(settings, Ledger(pool), client_override=client)
+    finally:
+        await pool.close()
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
+
+
+async def bill(svc: Services, period: str, *, wait: bool) -> None:
+    client = await svc.temporal()
+    with progress_bar() as progress:
+        task = progress.add_task(f"starting {period}", total=None)
+        summary = await launch_period(
+            svc.ledger,
+            client,
+            period,
+            svc.settings.task_queue,
+            on_total=lambda n: progress.update(task, total=n),
+            on_progress=lambda: progress.advance(task),
+        )
+    print_launch_summary(period, summary)
+    if wait:
+        await wait_for_period(svc, period)
+
+
+async def wait_for_period(svc: Services, period: str) -> None:
+    client = await svc.temporal()
+    ids = [p.id for p in await svc.ledger.period_payments(period)]
+    with progress_bar() as progress:
+        task = progress.add_task(f"waiting for {period}", total=len(ids))
+        await wait_for_payments(client, ids, on_progress=lambda: progress.advance(task))
+
+
+def print_launch_summary(period: str, summary: LaunchSummary) -> None:
+    table = Table(title=f"bill {period}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("payment rows created now", str(summary.rows_created))
+    table.add_row("workflows started now", str(summary.started))
+    table.add_row("already launched (left alone)", str(summary.already_launched))
+    table.add_row("already final (left alone)", str(summary.already_final))
+    table.add_row("payments in period", str(summary.payments))
+    out.print(table)
+
+
+def report_rows(payments: Sequence[PaymentRecord]) -> dict[tuple[str, str], list[int]]:
+    totals: dict[tuple[str, str], list[int]] = {}
+    for p in payments:
+        count_amount = totals.setdefault((p.status.value, p.currency), [0, 0])
+        count_amount[0] += 1
+        count_amount[1] += p.amount
+    return dict(sorted(totals.items()))
+
+
+async def report(svc: Services, period: str, *, as_json: bool) -> None:
+    payments = await svc.ledger.period_payments(period)
+    totals = report_rows(payments)
+    if as_json:
+        document = {
+            "period": period,
+            "totals": [
+                {"status": s, "currency": c, "count": n, "amount": a}
+                for (s, c), (n, a) in totals.items()
+            ],
+            "payments": [
+                {
+                    "id": p.id,
+                    "customer_id": p.customer_id,
+                    "amount": p.amount,
+                    "currency": p.currency,
+                    "status": p.status.value,
+                    "stripe_payment_intent_id": p.stripe_payment_intent_id,
+                    "failure_code": p.failure_code,
+                }
+                for p in payments
+            ],
+        }
+        print(json.dumps(document, indent=2))
+        return
+    table = Table(title=f"report {period}: {len(payments)} payments")
+    for column in ("status", "currency", "count", "amount"):
+        table.add_column(column, justify="right" if column in ("count", "amount") else "left")
+    for (status, currency), (count, amount) in totals.items():
+        table.add_row(status, currency, str(count), f"{amount / 100:,.2f}")
+    out.print(table)
+
+
+async def status(svc: Services, payment_id: str) -> None:
+    payment = await svc.ledger.payment(payment_id)
+    if payment is None:
+        raise CliError(f"unknown payment {payment_id!r}; `report YYYY-MM --json` lists the ids")
+    out.print(f"payment   {payment.id}")
+    out.print(f"customer  {payment.customer_id}   period {payment.billing_period}")
+    out.print(f"amount    {payment.amount} {payment.currency}")
+    out.print(f"status    {payment.status.value}")
+    out.print(f"intent    {payment.stripe_payment_intent_id or '-'}")
+    if payment.failure_code:
+        out.print(f"failure   {payment.failure_code}: {payment.failure_message}")
+    client = await svc.temporal()
+    handle = client.get_workflow_handle_for(PaymentWorkflow.run, workflow_id(payment.id))
+    try:
+        description = await handle.describe()
+        line = f"workflow  {handle.id} {description.status.name if description.status else '?'}"
+        if description.status == WorkflowExecutionStatus.RUNNING:
+            line += f", step {await handle.query(PaymentWorkflow.current_step)}"
+        out.print(line)
+    except RPCError:
+        out.print(f"workflow  {handle.id} not started (run `bill {payment.billing_period}`)")
+    for event in await svc.ledger.events(payment.id):
+        change = f"{event.from_status or '-'} -> {event.to_status}"
+        out.print(f"  {event.occurred_at:%Y-%m-%d %H:%M:%S} {change} {event.detail}")
+
+
+async def import_customers(svc: Services, path: Path) -> None:
+    try:
+        customers = read_customers(path)
+    except InvalidCsv as err:
+        raise CliError(str(err)) from err
+    count = await svc.ledger.upsert_customers(customers)
+    out.print(f"imported {count} customers from {path}")
+
+
+def web_ui_url(settings: Settings, period: str) -> str:
+    query = quote(f'{BILLING_PERIOD.name}="{period}"')
+    return f"{settings.temporal_ui_url}/namespaces/default/workflows?query={query}"
+
+
+async def demo(svc: Services) -> None:
+    period = current_period()
+    customers = await seed_demo_customers(svc.ledger, make_stripe_client(svc.settings))
+    out.print(f"seeded {len(customers)} demo customers")
+    await bill(svc, period, wait=True)
+    await report(svc, period, as_json=False)
+    out.print(f"Web UI: {web_ui_url(svc.settings, period)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="starter.py", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bill_cmd = commands.add_parser("bill", help="create the period's payments and start them")
+    bill_cmd.add_argument("period", metavar="YYYY-MM")
+    bill_cmd.add_argument("--wait", action="store_true", help="wait until every payment ends")
+    cancel_cmd = commands.add_parser("cancel", help="cancel a payment (not available yet)")
+    cancel_cmd.add_argument("payment_id")
+    status_cmd = commands.add_parser("status", help="show one payment and its history")
+    status_cmd.add_argument("payment_id")
+    report_cmd = commands.add_parser("report", help="counts and amounts by status")
+    report_cmd.add_argument("period", metavar="YYYY-MM")
+    report_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    reconcile_cmd = commands.add_parser(
+        "reconcile", help="compare the ledger with Stripe (not available yet)"
+    )
+    reconcile_cmd.add_argument("period", metavar="YYYY-MM")
+    customers_cmd = commands.add_parser("customers", help="manage customers")
+    customers_sub = customers_cmd.add_subparsers(dest="customers_command", required=True)
+    import_cmd = customers_sub.add_parser("import", help="upsert customers from a CSV file")
+    import_cmd.add_argument("file", type=Path, metavar="FILE.csv")
+    commands.add_parser("demo", help="seed demo customers, bill this month, show the report")
+    return parser
+
+
+async def dispatch(args: argparse.Namespace, settings: Settings, client: Client | None) -> None:
+    if args.command in ("cancel", "reconcile"):
+        raise CliError(f"`{args.command}` is not available yet")
+    period = parse_period(args.period) if getattr(args, "period", None) else None
+    async with services(settings, client) as svc:
+        if args.command == "bill":
+            assert period is not None
+            await bill(svc, period, wait=args.wait)
+        elif args.command == "report":
+            assert period is not None
+            await report(svc, period, as_json=args.json)
+        elif args.command == "status":
+            await status(svc, args.payment_id)
+        elif args.command == "customers":
+            await import_customers(svc, args.file)
+        elif args.command == "demo":
+            await demo(svc)
+
+
+async def execute(
+    argv: Sequence[str] | None = None,
+    settings: Settings | None = None,
+    client: Client | None = None,
+) -> int:
+    """Run one command; tests pass their own settings and Temporal client."""
+    args = build_parser().parse_args(argv)
+    try:
+        await dispatch(args, settings or Settings(), client)
+    except (CliError, InvalidPeriod) as err:
+        err_console.print(f"error: {err}", highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def main() -> None:
+    sys.exit(asyncio.run(execute()))
+
+
+if __name__ == "__main__":
+    main()

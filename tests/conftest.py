@@ -1,0 +1,61 @@
+"""Real services for the tests: PostgreSQL, the Temporal dev server and the Stripe sandbox."""
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from billing.ledger import migrate, open_pool
+from billing.stack.postgres import EmbeddedPostgres
+from billing.stack.temporal import start_local_environment
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[EmbeddedPostgres]:
+    data_dir = Path(tempfile.mkdtemp(prefix="billing-test-pg-"))
+    server = EmbeddedPostgres(data_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def database_url(postgres: EmbeddedPostgres) -> str:
+    """A fresh, empty database for each test."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    postgres.ensure_database(name)
+    return postgres.url(name)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await open_pool(database_url)
+    await migrate(pool)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await start_local_environment(data_converter=pydantic_data_converter)
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def task_queue() -> str:
+    """Each test polls its own queue, so no test's worker runs another test's workflows."""
+    return f"billing-test-{uuid.uuid4().hex[:12]}"

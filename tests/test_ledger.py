@@ -1,0 +1,157 @@
+"""The ledger against a real PostgreSQL: migrations, payment rows, guarded transitions."""
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from billing.constants import PaymentStatus
+from billing.ledger import ForbiddenTransition, Ledger, UnknownPayment, migrate, open_pool
+from billing.models import NewCustomer
+
+PERIOD = "2026-11"
+
+
+def customer(n: int, *, active: bool = True, amount: int = 1000) -> NewCustomer:
+    return NewCustomer(
+        email=f"c{n}@example.com",
+        stripe_customer_id=f"cus_{n}",
+        payment_method_id="pm_card_visa",
+        monthly_amount=amount,
+        currency="usd",
+        active=active,
+    )
+
+
+async def test_migrations_apply_once_even_when_two_processes_start_together(
+    database_url: str,
+) -> None:
+    pools = [await open_pool(database_url) for _ in range(2)]
+    try:
+        results = await asyncio.gather(*(migrate(p) for p in pools))
+        assert sorted(len(r) for r in results) == [0, 1]
+        assert await migrate(pools[0]) == []
+        tables = await pools[0].fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+        )
+        assert {t["tablename"] for t in tables} >= {"customers", "payments", "payment_events"}
+    finally:
+        for p in pools:
+            await p.close()
+
+
+async def test_period_rows_are_created_once_for_active_customers(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool)
+    await ledger.upsert_customers(
+        [customer(1), customer(2, amount=2500), customer(3, active=False)]
+    )
+
+    assert await ledger.create_period_payments(PERIOD) == 2
+    assert await ledger.create_period_payments(PERIOD) == 0
+
+    payments = await ledger.period_payments(PERIOD)
+    assert sorted(p.amount for p in payments) == [1000, 2500]
+    assert {p.status for p in payments} == {PaymentStatus.PENDING}
+    for p in payments:
+        events = await ledger.events(p.id)
+        assert [(e.from_status, e.to_status) for e in events] == [(None, PaymentStatus.PENDING)]
+
+
+async def test_amount_is_copied_at_billing_time(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool)
+    await ledger.upsert_customers([customer(1, amount=1000)])
+    await ledger.create_period_payments(PERIOD)
+    await ledger.upsert_customers([customer(1, amount=9999)])
+    [payment] = await ledger.period_payments(PERIOD)
+    assert payment.amount == 1000
+
+
+async def first_payment(ledger: Ledger) -> str:
+    await ledger.upsert_customers([customer(1)])
+    await ledger.create_period_payments(PERIOD)
+    return (await ledger.period_payments(PERIOD))[0].id
+
+
+async def test_happy_transitions_are_recorded_and_replays_change_nothing(
+    pool: asyncpg.Pool,
+) -> None:
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+
+    assert await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1") is True
+    assert await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1") is False
+    assert await ledger.transition(
+        pid, PaymentStatus.SUCCEEDED, intent_id="pi_1", amount_received=1000
+    )
+    assert not await ledger.transition(
+        pid, PaymentStatus.SUCCEEDED, intent_id="pi_1", amount_received=1000
+    )
+
+    payment = await ledger.payment(pid)
+    assert payment is not None
+    assert payment.status == PaymentStatus.SUCCEEDED
+    assert payment.stripe_payment_intent_id == "pi_1"
+    assert payment.amount_received == 1000
+    events = await ledger.events(pid)
+    assert [e.to_status for e in events] == [
+        PaymentStatus.PENDING,
+        PaymentStatus.AUTHORIZED,
+        PaymentStatus.SUCCEEDED,
+    ]
+    assert events[1].detail == {"intent_id": "pi_1"}
+
+
+async def test_forbidden_transitions_are_loud_and_write_nothing(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+
+    with pytest.raises(ForbiddenTransition, match="pending -> succeeded"):
+        await ledger.transition(pid, PaymentStatus.SUCCEEDED, intent_id="pi_1")
+
+    await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1")
+    with pytest.raises(ForbiddenTransition, match="bound to pi_1"):
+        await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_2")
+
+    await ledger.transition(pid, PaymentStatus.FAILED, failure_code="x", failure_message="y")
+    with pytest.raises(ForbiddenTransition, match="failed -> authorized"):
+        await ledger.transition(pid, PaymentStatus.AUTHORIZED)
+
+    assert len(await ledger.events(pid)) == 3
+
+
+async def test_unknown_payment_is_an_error(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool)
+    with pytest.raises(UnknownPayment):
+        await ledger.transition(
+            "00000000-0000-0000-0000-000000000000", PaymentStatus.AUTHORIZED, intent_id="pi_1"
+        )
+    assert await ledger.payment("not-a-uuid") is None
+
+
+async def test_payment_events_are_append_only(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await pool.execute("DELETE FROM payment_events WHERE payment_id = $1::uuid", pid)
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await pool.execute("UPDATE payment_events SET to_status = 'failed'")
+
+
+async def test_schema_rejects_bad_rows(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await pool.execute("UPDATE payments SET status = 'paid' WHERE id = $1::uuid", pid)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await pool.execute(
+            "INSERT INTO customers (email, stripe_customer_id, payment_method_id,"
+            " monthly_amount, currency) VALUES ('z@example.com', 'cus_z', 'pm_z', 0, 'usd')"
+        )
+
+
+async def test_a_failed_batch_import_writes_nothing(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool)
+    bad = customer(2).model_copy(update={"monthly_amount": -5})  # bypasses validation
+    with pytest.raises(asyncpg.CheckViolationError):
+        await ledger.upsert_customers([customer(1), bad])
+    assert await pool.fetchval("SELECT count(*) FROM customers") == 0
