@@ -1,0 +1,37 @@
+"""Stripe's documented test payment methods and how each behaves when charged.
+
+Follows https://stripe.com/docs/testing (cards by brand, declined payments, 3D Secure).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TestCard:
+    brand: str
+    last4: str
+    country: str = "US"
+    funding: str = "credit"
+    decline_code: str | None = None
+    decline_message: str = "Your card was declined."
+    requires_authentication: bool = False
+
+
+TEST_CARDS: dict[str, TestCard] = {
+    "pm_card_visa": TestCard("visa", "4242"),
+    "pm_card_visa_debit": TestCard("visa", "5556", funding="debit"),
+    "pm_card_mastercard": TestCard("mastercard", "4444"),
+    "pm_card_amex": TestCard("amex", "8431"),
+    "pm_card_chargeDeclined": TestCard("visa", "0002", decline_code="generic_decline"),
+    "pm_card_chargeDeclinedInsufficientFunds": TestCard(
+        "visa",
+        "9995",
+        decline_code="insufficient_funds",
+        decline_message="Your card has insufficient funds.",
+    ),
+    "pm_card_chargeDeclinedLostCard": TestCard("visa", "9987", decline_code="lost_card"),
+    "pm_card_chargeDeclinedStolenCard": TestCard("visa", "9979", decline_code="stolen_card"),
+    "pm_card_authenticationRequired": TestCard("visa", "3184", requires_authentication=True),
+}

@@ -1,0 +1,121 @@
+"""The API surface: which (method, path) is which named endpoint, and what it runs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import customers, payment_intents
+from .errors import resource_missing
+from .form import Params
+from .params import reject_unknown
+from .store import AccountState, Json
+
+Operation = Callable[[AccountState, str, Params], Json]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    endpoint: str
+    operation: Operation
+
+
+def _create_customer(state: AccountState, _: str, params: Params) -> Json:
+    return customers.create_customer(state, params)
+
+
+def _retrieve_customer(state: AccountState, object_id: str, params: Params) -> Json:
+    reject_unknown(params, {"expand"})
+    return customers.get_customer(state, object_id)
+
+
+def _retrieve_payment_method(state: AccountState, object_id: str, params: Params) -> Json:
+    reject_unknown(params, {"expand"})
+    return customers.get_payment_method(state, object_id, param="id")
+
+
+def _attach_payment_method(state: AccountState, object_id: str, params: Params) -> Json:
+    return customers.attach_payment_method(state, object_id, params)
+
+
+def _retrieve_charge(state: AccountState, object_id: str, params: Params) -> Json:
+    reject_unknown(params, {"expand"})
+    charge = state.charges.get(object_id)
+    if charge is None:
+        raise resource_missing("charge", object_id, "id")
+    return charge
+
+
+def _pi_create(state: AccountState, _: str, params: Params) -> Json:
+    return payment_intents.create(state, params)
+
+
+def _pi_list(state: AccountState, _: str, params: Params) -> Json:
+    return payment_intents.list_intents(state, params)
+
+
+def _pi_search(state: AccountState, _: str, params: Params) -> Json:
+    return payment_intents.search(state, params)
+
+
+_ID = r"([A-Za-z0-9_]+)"
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", re.compile(r"/v1/customers"), "customers.create", _create_customer),
+    Route("GET", re.compile(rf"/v1/customers/{_ID}"), "customers.retrieve", _retrieve_customer),
+    Route(
+        "GET",
+        re.compile(rf"/v1/payment_methods/{_ID}"),
+        "payment_methods.retrieve",
+        _retrieve_payment_method,
+    ),
+    Route(
+        "POST",
+        re.compile(rf"/v1/payment_methods/{_ID}/attach"),
+        "payment_methods.attach",
+        _attach_payment_method,
+    ),
+    Route("GET", re.compile(rf"/v1/charges/{_ID}"), "charges.retrieve", _retrieve_charge),
+    Route("POST", re.compile(r"/v1/payment_intents"), "payment_intents.create", _pi_create),
+    Route("GET", re.compile(r"/v1/payment_intents"), "payment_intents.list", _pi_list),
+    Route("GET", re.compile(r"/v1/payment_intents/search"), "payment_intents.search", _pi_search),
+    Route(
+        "GET",
+        re.compile(rf"/v1/payment_intents/{_ID}"),
+        "payment_intents.retrieve",
+        payment_intents.retrieve,
+    ),
+    Route(
+        "POST",
+        re.compile(rf"/v1/payment_intents/{_ID}/confirm"),
+        "payment_intents.confirm",
+        payment_intents.confirm,
+    ),
+    Route(
+        "POST",
+        re.compile(rf"/v1/payment_intents/{_ID}/capture"),
+        "payment_intents.capture",
+        payment_intents.capture,
+    ),
+    Route(
+        "POST",
+        re.compile(rf"/v1/payment_intents/{_ID}/cancel"),
+        "payment_intents.cancel",
+        payment_intents.cancel,
+    ),
+)
+
+ENDPOINTS: frozenset[str] = frozenset(route.endpoint for route in ROUTES)
+
+
+def match(method: str, path: str) -> tuple[Route, str] | None:
+    for route in ROUTES:
+        if route.method != method:
+            continue
+        found = route.pattern.fullmatch(path)
+        if found is not None:
+            return route, (found.group(1) if found.groups() else "")
+    return None
