@@ -1,0 +1,210 @@
+"""Workflow logic with stub activities (the one place mocks are allowed), on the dev server."""
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from temporalio import activity
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from billing.constants import (
+    BILLING_PERIOD,
+    CUSTOMER_ID,
+    PAYMENT_STATUS,
+    ErrorType,
+    PaymentStatus,
+    workflow_id,
+)
+from billing.models import (
+    Authorization,
+    AuthorizeInput,
+    Capture,
+    CaptureInput,
+    Decline,
+    FinalizeInput,
+    PaymentInput,
+    PaymentResult,
+    RecordAuthorizationInput,
+    RecordFailureInput,
+)
+from workflows.payment import PaymentWorkflow
+
+
+def payment_input() -> PaymentInput:
+    return PaymentInput(
+        payment_id=str(uuid.uuid4()),
+        customer_id=str(uuid.uuid4()),
+        billing_period="2026-11",
+        amount=4200,
+        currency="usd",
+        stripe_customer_id="cus_1",
+        payment_method_id="pm_card_visa",
+    )
+
+
+@dataclass
+class StubActivities:
+    """Records every call; `authorize_error`/`capture_errors` script what Stripe answers."""
+
+    authorize_error: Exception | None = None
+    capture_errors: list[Exception] = field(default_factory=list)
+    capture_gate: asyncio.Event | None = None
+    capture_started: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: list[tuple[str, object]] = field(default_factory=list)
+
+    def all(self) -> list[Callable[..., Awaitable[object]]]:
+        @activity.defn(name="authorize")
+        async def authorize(input: AuthorizeInput) -> Authorization:
+            self.calls.append(("authorize", input))
+            if self.authorize_error:
+                raise self.authorize_error
+            return Authorization(intent_id="pi_1", amount_capturable=input.amount)
+
+        @activity.defn(name="capture")
+        async def capture(input: CaptureInput) -> Capture:
+            self.calls.append(("capture", input))
+            self.capture_started.set()
+            if self.capture_gate:
+                await self.capture_gate.wait()
+            if self.capture_errors:
+                raise self.capture_errors.pop(0)
+            return Capture(intent_id=input.intent_id, amount_received=4200)
+
+        @activity.defn(name="record_authorization")
+        async def record_authorization(input: RecordAuthorizationInput) -> None:
+            self.calls.append(("record_authorization", input))
+
+        @activity.defn(name="finalize")
+        async def finalize(input: FinalizeInput) -> None:
+            self.calls.append(("finalize", input))
+
+        @activity.defn(name="record_failure")
+        async def record_failure(input: RecordFailureInput) -> None:
+            self.calls.append(("record_failure", input))
+
+        return [authorize, capture, record_authorization, finalize, record_failure]
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+
+async def run_payment(
+    env: WorkflowEnvironment, task_queue: str, stubs: StubActivities, payment: PaymentInput
+) -> PaymentResult:
+    async with Worker(
+        env.client, task_queue=task_queue, workflows=[PaymentWorkflow], activities=stubs.all()
+    ):
+        return await env.client.execute_workflow(
+            PaymentWorkflow.run, payment, id=workflow_id(payment.payment_id), task_queue=task_queue
+        )
+
+
+async def test_happy_path_runs_the_four_steps_in_order(
+    temporal_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    stubs = StubActivities()
+    payment = payment_input()
+    result = await run_payment(temporal_env, task_queue, stubs, payment)
+
+    assert result.status == PaymentStatus.SUCCEEDED
+    assert result.amount_received == 4200
+    assert stubs.names() == ["authorize", "record_authorization", "capture", "finalize"]
+    authorize, capture = stubs.calls[0][1], stubs.calls[2][1]
+    assert isinstance(authorize, AuthorizeInput) and isinstance(capture, CaptureInput)
+    assert authorize.idempotency_key == f"pay_{payment.payment_id}_auth_1"
+    assert capture.idempotency_key == f"pay_{payment.payment_id}_capture_1"
+
+    handle = temporal_env.client.get_workflow_handle(workflow_id(payment.payment_id))
+    attributes = (await handle.describe()).typed_search_attributes
+    assert attributes.get(BILLING_PERIOD) == "2026-11"
+    assert attributes.get(CUSTOMER_ID) == payment.customer_id
+    assert attributes.get(PAYMENT_STATUS) == PaymentStatus.SUCCEEDED
+
+
+async def test_the_query_tells_the_current_step(
+    temporal_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    gate = asyncio.Event()
+    stubs = StubActivities(capture_gate=gate)
+    payment = payment_input()
+    async with Worker(
+        temporal_env.client,
+        task_queue=task_queue,
+        workflows=[PaymentWorkflow],
+        activities=stubs.all(),
+    ):
+        handle = await temporal_env.client.start_workflow(
+            PaymentWorkflow.run, payment, id=workflow_id(payment.payment_id), task_queue=task_queue
+        )
+        await asyncio.wait_for(stubs.capture_started.wait(), timeout=20)
+        assert await handle.query(PaymentWorkflow.current_step) == "capture"
+        gate.set()
+        await handle.result()
+        assert await handle.query(PaymentWorkflow.current_step) == "done"
+
+
+async def test_decline_fails_the_payment_with_its_decline_code(
+    temporal_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    decline = Decline(
+        code="card_declined",
+        decline_code="insufficient_funds",
+        message="Your card has insufficient funds.",
+        intent_id="pi_declined",
+    )
+    stubs = StubActivities(
+        authorize_error=ApplicationError(
+            decline.message, decline, type=ErrorType.CARD_DECLINED, non_retryable=True
+        )
+    )
+    payment = payment_input()
+    result = await run_payment(temporal_env, task_queue, stubs, payment)
+
+    assert result.status == PaymentStatus.FAILED
+    assert result.failure_code == "insufficient_funds"
+    assert stubs.names() == ["authorize", "record_failure"]
+    failure = stubs.calls[1][1]
+    assert isinstance(failure, RecordFailureInput)
+    assert failure.intent_id == "pi_declined"
+    handle = temporal_env.client.get_workflow_handle(workflow_id(payment.payment_id))
+    attributes = (await handle.describe()).typed_search_attributes
+    assert attributes.get(PAYMENT_STATUS) == PaymentStatus.FAILED
+
+
+async def test_transient_capture_errors_are_retried_under_the_same_key(
+    temporal_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    stubs = StubActivities(capture_errors=[RuntimeError("connection reset")] * 2)
+    result = await run_payment(temporal_env, task_queue, stubs, payment_input())
+
+    assert result.status == PaymentStatus.SUCCEEDED
+    keys = [c.idempotency_key for n, c in stubs.calls if isinstance(c, CaptureInput)]
+    assert len(keys) == 3 and len(set(keys)) == 1
+
+
+async def test_an_intent_that_cannot_be_captured_fails_the_payment(
+    temporal_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    stubs = StubActivities(
+        capture_errors=[
+            ApplicationError(
+                "PaymentIntent pi_1 is canceled",
+                type=ErrorType.INTENT_NOT_CAPTURABLE,
+                non_retryable=True,
+            )
+        ]
+    )
+    payment = payment_input()
+    result = await run_payment(temporal_env, task_queue, stubs, payment)
+
+    assert result.status == PaymentStatus.FAILED
+    assert result.failure_code == ErrorType.INTENT_NOT_CAPTURABLE
+    assert stubs.names() == ["authorize", "record_authorization", "capture", "record_failure"]
+    description = await temporal_env.client.get_workflow_handle(
+        workflow_id(payment.payment_id)
+    ).describe()
+    assert description.status == WorkflowExecutionStatus.COMPLETED
