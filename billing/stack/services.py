@@ -65,7 +65,7 @@ class EmbeddedStack:
             [sys.executable, "-m", "stripe_sandbox", "--port", str(settings.sandbox_port)],
             data_dir,
             env=python_env,
-            cwd=PROJECT_ROOT,
+            cwd=Path.cwd(),
         )
         self.worker = BackgroundProcess(
             "worker", [sys.executable, str(WORKER_SCRIPT)], data_dir, env=python_env, cwd=Path.cwd()
