@@ -20,6 +20,10 @@ def demo_email(number: int) -> str:
     return f"demo-{number:03d}@example.com"
 
 
+def demo_card(number: int) -> str:
+    return DEMO_CARDS[number % len(DEMO_CARDS)]
+
+
 async def _stripe_customer_exists(client: stripe.StripeClient, customer_id: str) -> bool:
     try:
         await client.v1.customers.retrieve_async(customer_id)
@@ -51,7 +55,7 @@ async def seed_demo_customers(
         email = demo_email(number)
         known = await ledger.stripe_ids_of(email)
         if known is None or not await _stripe_customer_exists(client, known[0]):
-            known = await _create_in_stripe(client, email, DEMO_CARDS[number % len(DEMO_CARDS)])
+            known = await _create_in_stripe(client, email, demo_card(number))
         customers.append(
             NewCustomer(
                 email=email,

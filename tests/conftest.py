@@ -8,12 +8,15 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from billing.ledger import migrate, open_pool
+from billing.settings import Settings
 from billing.stack.postgres import EmbeddedPostgres
 from billing.stack.temporal import start_local_environment
+from stripe_sandbox import Sandbox
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +62,25 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 def task_queue() -> str:
     """Each test polls its own queue, so no test's worker runs another test's workflows."""
     return f"billing-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    """A fresh Stripe sandbox with its rate limits off."""
+    server = Sandbox(mode="test", rate_limits=False)
+    await server.start(port=0)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def settings(database_url: str, sandbox: Sandbox, task_queue: str) -> Settings:
+    """Worker and starter settings for one test, with a secret no history may contain."""
+    return Settings(
+        database_url=database_url,
+        stripe_api_key=SecretStr(f"sk_test_secret_{uuid.uuid4().hex}"),
+        stripe_api_base=sandbox.url,
+        task_queue=task_queue,
+    )
