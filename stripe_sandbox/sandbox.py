@@ -126,7 +126,7 @@ class Sandbox:
         server = web.Server(self._handle, access_log=None)
         runner = web.ServerRunner(server, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         try:
             await site.start()
         except BaseException:
