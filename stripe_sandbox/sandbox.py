@@ -11,6 +11,7 @@ import logging
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -90,7 +91,10 @@ class Sandbox:
         search_lag_seconds: float = 0.0,
         *,
         seed: int | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`seed` makes ids and probabilistic faults reproducible; `monotonic` is the time
+        source of the rate limiter (tests can freeze it)."""
         if mode not in ("test", "live"):
             raise ValueError("mode must be 'test' or 'live'")
         self.mode: Mode = mode
@@ -100,7 +104,7 @@ class Sandbox:
         self.clock = SandboxClock()
         self.clock.on_advance(self._on_clock_advance)
         self._search_lag_seconds = search_lag_seconds
-        self._limiter = RateLimiter(mode, enabled=rate_limits)
+        self._limiter = RateLimiter(mode, enabled=rate_limits, monotonic=monotonic)
         self._faults = FaultBook(random.Random(self._rng.random()))
         self._fresh_state()
         self._runner: web.ServerRunner | None = None
