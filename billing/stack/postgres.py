@@ -11,6 +11,7 @@ import pwd
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -93,6 +94,9 @@ class EmbeddedPostgres:
             self._prepare_folders()
             if not (self.pgdata / "PG_VERSION").exists():
                 self._initdb()
+            # After a crash the lock file may name a dead or zombie postmaster, which
+            # PostgreSQL itself would still count as alive.
+            (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
             server_options = f"-h {LOOPBACK} -p {self.port} -k ''"
             self._pg_ctl(
                 ["-w", "-t", "60", "-l", str(self.log_path), "-o", server_options, "start"]
@@ -104,6 +108,17 @@ class EmbeddedPostgres:
         if not self.is_running():
             return
         self._pg_ctl(["-w", "-t", "60", "-m", mode, "stop"])
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster, as a crash would; the next start recovers from the WAL."""
+        pid = self.pid
+        if pid is None:
+            return
+        process = psutil.Process(pid)
+        process.kill()
+        deadline = time.monotonic() + 10
+        while self.is_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def restart(self, mode: ShutdownMode = "fast") -> None:
         self.stop(mode)

@@ -52,6 +52,26 @@ async def test_start_restart_persist_stop(postgres: EmbeddedPostgres) -> None:
     postgres.stop()  # idempotent
 
 
+async def test_recovers_after_a_crash(postgres: EmbeddedPostgres) -> None:
+    postgres.start()
+    conn = await asyncpg.connect(postgres.url())
+    await conn.execute("CREATE TABLE marks (id int PRIMARY KEY)")
+    await conn.execute("INSERT INTO marks VALUES (1)")
+    await conn.close()
+
+    postgres.kill()
+    assert not postgres.is_running()
+    assert (postgres.pgdata / "postmaster.pid").exists(), "a crash leaves the lock file"
+    postgres.start()
+    postgres.restart(mode="immediate")
+
+    conn = await asyncpg.connect(postgres.url())
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM marks") == 1
+    finally:
+        await conn.close()
+
+
 async def test_a_second_handle_sees_the_running_server(postgres: EmbeddedPostgres) -> None:
     postgres.start()
     other = EmbeddedPostgres(postgres.data_dir, port=0)
