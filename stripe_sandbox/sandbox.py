@@ -267,7 +267,7 @@ class Sandbox:
             headers["Idempotency-Key"] = key
         if outcome.replayed:
             headers["Idempotent-Replayed"] = "true"
-        if outcome.status >= 500 and "error_after" in outcome.faults:
+        if outcome.status >= 500 and (outcome.replayed or "error_after" in outcome.faults):
             # The result is stored under the key; retrying would only replay it.
             headers["Stripe-Should-Retry"] = "false"
         return web.Response(status=outcome.status, body=outcome.body, headers=headers)
