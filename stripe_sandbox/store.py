@@ -54,9 +54,13 @@ class AccountState:
 
     def index_for_search(self, intent: Json) -> None:
         """Record a write; search sees it only after the configured indexing lag."""
-        visible_at = self.clock.time() + self.search_lag_seconds
+        now = self.clock.time()
         versions = self.search_versions.setdefault(intent["id"], [])
-        versions.append(IndexedVersion(visible_at, _snapshot(intent)))
+        versions.append(IndexedVersion(now + self.search_lag_seconds, _snapshot(intent)))
+        # Versions older than the newest already-visible one can never be seen again.
+        visible = [i for i, v in enumerate(versions) if v.visible_at <= now]
+        if visible:
+            del versions[: visible[-1]]
 
     def searchable_version(self, intent_id: str, now: float) -> Json | None:
         versions = self.search_versions.get(intent_id, [])
