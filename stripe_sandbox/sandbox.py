@@ -356,12 +356,6 @@ class Sandbox:
         pairs = parse_pairs(raw)
         self._state.expire_authorizations()
 
-        rules = self._faults.draw(endpoint, key)
-        fault_kinds: list[str] = [rule.kind for rule in rules]
-        hooks = self._faults.hooks_for(endpoint, key)
-        if "error_before" in fault_kinds:
-            return _Outcome(500, _encode(api_error().body()), faults=fault_kinds, endpoint=endpoint)
-
         fp = None
         stored = None
         claimed = False
@@ -373,6 +367,15 @@ class Sandbox:
             except StripeError as error:
                 return _error_outcome(error, endpoint)
             claimed = stored is None
+
+        # Faults and hooks see only requests the idempotency layer let through.
+        rules = self._faults.draw(endpoint, key)
+        fault_kinds: list[str] = [rule.kind for rule in rules]
+        hooks = self._faults.hooks_for(endpoint, key)
+        if "error_before" in fault_kinds:
+            if claimed and fp is not None and key is not None:
+                self._idempotency.finish(key, fp, 500, None)
+            return _Outcome(500, _encode(api_error().body()), faults=fault_kinds, endpoint=endpoint)
 
         info: RequestInfo | None = None
         status, body, keep = 500, b"", False
