@@ -203,9 +203,10 @@ async def import_customers(svc: Services, path: Path) -> None:
     out.print(f"imported {count} customers from {path}")
 
 
-def web_ui_url(settings: Settings, period: str) -> str:
+def web_ui_url(settings: Settings, namespace: str, period: str) -> str:
     query = quote(f'{BILLING_PERIOD.name}="{period}"')
-    return f"{settings.temporal_ui_url}/namespaces/default/workflows?query={query}"
+    base = settings.resolved_temporal_ui_url()
+    return f"{base}/namespaces/{namespace}/workflows?query={query}"
 
 
 async def demo(svc: Services) -> None:
@@ -214,7 +215,8 @@ async def demo(svc: Services) -> None:
     out.print(f"seeded {len(customers)} demo customers")
     await bill(svc, period, wait=True)
     await report(svc, period, as_json=False)
-    out.print(f"Web UI: {web_ui_url(svc.settings, period)}")
+    namespace = (await svc.temporal()).namespace
+    out.print(f"Web UI: {web_ui_url(svc.settings, namespace, period)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,5 @@
 """Configuration, read once from the environment."""
 
-from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -32,12 +31,9 @@ class Settings(BaseSettings):
     task_queue: str = Field(
         default=TASK_QUEUE, description="Temporal task queue shared by worker and starter."
     )
-    capture_delay: timedelta = Field(
-        default=timedelta(0), description="Wait between authorization and capture."
-    )
     data_dir: Path = Field(default=Path(".data"), description="Embedded stack state.")
-    temporal_ui_url: str = Field(
-        default="http://127.0.0.1:8233", description="Where the Temporal Web UI is served."
+    temporal_ui_url: str | None = Field(
+        default=None, description="Temporal Web UI; unset means the embedded dev server's."
     )
     embedded_postgres_port: int = 55432
     embedded_temporal_port: int = 7233
@@ -61,6 +57,9 @@ class Settings(BaseSettings):
         if self.stripe_api_key is None:
             return f"http://127.0.0.1:{self.sandbox_port}"
         return None
+
+    def resolved_temporal_ui_url(self) -> str:
+        return self.temporal_ui_url or f"http://127.0.0.1:{self.embedded_temporal_ui_port}"
 
     def embedded_temporal_address(self) -> str:
         return f"127.0.0.1:{self.embedded_temporal_port}"
