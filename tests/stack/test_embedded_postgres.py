@@ -11,18 +11,25 @@ from billing.stack.ports import port_accepts
 from billing.stack.postgres import EmbeddedPostgres, PostgresError
 
 
+@pytest.fixture(scope="module")
+def cluster(module_scratch_dir: Path) -> EmbeddedPostgres:
+    """One cluster for the module (initdb is the slow part); each test starts it itself."""
+    return EmbeddedPostgres(module_scratch_dir / "postgres", port=0)
+
+
 @pytest.fixture
-def postgres(scratch_dir: Path) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(scratch_dir / "postgres", port=0)
+def postgres(cluster: EmbeddedPostgres) -> Iterator[EmbeddedPostgres]:
+    """The module's cluster, stopped again after each test."""
     try:
-        yield server
+        yield cluster
     finally:
-        server.stop()
+        cluster.stop()
 
 
 async def test_start_restart_persist_stop(postgres: EmbeddedPostgres) -> None:
     assert not postgres.is_running()
     postgres.start()
+    assert (postgres.pgdata / "PG_VERSION").exists()
     assert postgres.is_running()
     assert postgres.url() == f"postgresql://postgres@127.0.0.1:{postgres.port}/billing"
 
@@ -55,8 +62,8 @@ async def test_start_restart_persist_stop(postgres: EmbeddedPostgres) -> None:
 async def test_recovers_after_a_crash(postgres: EmbeddedPostgres) -> None:
     postgres.start()
     conn = await asyncpg.connect(postgres.url())
-    await conn.execute("CREATE TABLE marks (id int PRIMARY KEY)")
-    await conn.execute("INSERT INTO marks VALUES (1)")
+    await conn.execute("CREATE TABLE crash_marks (id int PRIMARY KEY)")
+    await conn.execute("INSERT INTO crash_marks VALUES (1)")
     await conn.close()
 
     postgres.kill()
@@ -67,7 +74,7 @@ async def test_recovers_after_a_crash(postgres: EmbeddedPostgres) -> None:
 
     conn = await asyncpg.connect(postgres.url())
     try:
-        assert await conn.fetchval("SELECT count(*) FROM marks") == 1
+        assert await conn.fetchval("SELECT count(*) FROM crash_marks") == 1
     finally:
         await conn.close()
 
@@ -87,6 +94,7 @@ async def test_a_second_handle_sees_the_running_server(postgres: EmbeddedPostgre
 
 def test_start_failure_shows_the_server_log(postgres: EmbeddedPostgres) -> None:
     with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
         squatter.bind(("127.0.0.1", postgres.port))
         squatter.listen()
         with pytest.raises(PostgresError, match=r"could not bind|Address already in use"):
