@@ -23,7 +23,7 @@ TEST_CARDS: dict[str, TestCard] = {
     "pm_card_visa": TestCard("visa", "4242"),
     "pm_card_visa_debit": TestCard("visa", "5556", funding="debit"),
     "pm_card_mastercard": TestCard("mastercard", "4444"),
-    "pm_card_amex": TestCard("amex", "8431"),
+    "pm_card_amex": TestCard("amex", "0005"),
     "pm_card_chargeDeclined": TestCard("visa", "0002", decline_code="generic_decline"),
     "pm_card_chargeDeclinedInsufficientFunds": TestCard(
         "visa",

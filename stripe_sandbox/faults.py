@@ -23,9 +23,10 @@ class FaultRule:
     - latency: wait `latency_ms` more before executing.
 
     A request matches once it has passed auth, the rate limits and the idempotency check
-    (a 429, 409 or idempotency 400 consumes no fault). `endpoint` None matches any endpoint. `nth` applies to the nth matching request only
-    (1-based); otherwise `probability` (None means always). `times` caps how often the rule
-    fires (None: unlimited). `key_contains` restricts to Idempotency-Keys containing it.
+    (a 429, 409 or idempotency 400 consumes no fault). `endpoint` None matches any endpoint.
+    `nth` applies to the nth matching request only (1-based); otherwise `probability` (None
+    means always). `times` caps how often the rule fires (None: unlimited). `key_contains`
+    restricts to Idempotency-Keys containing it.
     """
 
     kind: FaultKind

@@ -112,3 +112,13 @@ async def test_invalid_search_query_is_400(client: stripe.StripeClient) -> None:
         assert error.param == "query"
     else:
         raise AssertionError("expected a 400")
+
+
+async def test_list_pages_backwards_with_ending_before(client: stripe.StripeClient) -> None:
+    ids = [(await authorized_intent(client, f"p{i}")).id for i in range(4)]
+    newest_first = ids[::-1]
+    page = await client.v1.payment_intents.list_async(
+        {"limit": 2, "ending_before": newest_first[3]}
+    )
+    assert [pi.id for pi in page.data] == newest_first[1:3]
+    assert page.has_more is True

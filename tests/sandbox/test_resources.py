@@ -260,3 +260,14 @@ async def test_validation_errors(client: stripe.StripeClient) -> None:
         )
     assert unknown_customer.value.code == "resource_missing"
     assert unknown_customer.value.param == "customer"
+
+
+async def test_confirm_an_unconfirmed_intent(client: stripe.StripeClient) -> None:
+    intent = await client.v1.payment_intents.create_async(
+        {"amount": 900, "currency": "usd", "capture_method": "manual"}
+    )
+    confirmed = await client.v1.payment_intents.confirm_async(
+        intent.id, {"payment_method": "pm_card_visa"}
+    )
+    assert confirmed.status == "requires_capture"
+    assert confirmed.amount_capturable == 900
