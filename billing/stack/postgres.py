@@ -165,9 +165,9 @@ class EmbeddedPostgres:
 
     def _prepare_folders(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self._system_user is None:
+        owner = self._owner()
+        if owner is None:
             return
-        owner = _ensure_system_user(self._system_user)
         install = self._bin.parent
         for path in (self.data_dir, install):
             _make_parents_traversable(path)
@@ -175,6 +175,10 @@ class EmbeddedPostgres:
         os.chown(self.data_dir, owner.pw_uid, owner.pw_gid)
         if self.log_path.exists():
             os.chown(self.log_path, owner.pw_uid, owner.pw_gid)
+
+    def _owner(self) -> pwd.struct_passwd | None:
+        """The system user that runs PostgreSQL when we are root; None means ourselves."""
+        return None if self._system_user is None else _ensure_system_user(self._system_user)
 
     def _initdb(self) -> None:
         self._run_as_owner(
@@ -188,6 +192,7 @@ class EmbeddedPostgres:
     def _run_as_owner(self, program: str, args: Sequence[str]) -> None:
         """Run a server binary as the data folder's owner, failing with its output and log."""
         # pg_ctl's server inherits stdout, so a pipe would never reach EOF: use a file.
+        owner = self._owner()
         with tempfile.TemporaryFile("w+") as output:
             result = subprocess.run(
                 [str(self._bin / program), *args],
@@ -196,7 +201,9 @@ class EmbeddedPostgres:
                 stderr=subprocess.STDOUT,
                 text=True,
                 cwd=self.data_dir,
-                user=self._system_user,
+                user=None if owner is None else owner.pw_uid,
+                group=None if owner is None else owner.pw_gid,
+                extra_groups=None if owner is None else [],
                 timeout=120,
                 check=False,
             )
