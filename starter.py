@@ -35,7 +35,7 @@ from workflows.payment import PaymentWorkflow
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 
-out = Console()
+out = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 
 
@@ -216,7 +216,7 @@ async def demo(svc: Services) -> None:
     await bill(svc, period, wait=True)
     await report(svc, period, as_json=False)
     namespace = (await svc.temporal()).namespace
-    out.print(f"Web UI: {web_ui_url(svc.settings, namespace, period)}")
+    out.print(f"Web UI: {web_ui_url(svc.settings, namespace, period)}", soft_wrap=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

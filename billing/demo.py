@@ -1,5 +1,9 @@
 """Demo customers: seeded into Stripe (or the sandbox) and Postgres; safe to repeat."""
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 import stripe
 
 from billing.ledger import Ledger
@@ -16,6 +20,24 @@ DEMO_CARDS = (
 DEMO_CURRENCIES = ("usd", "eur")
 
 
+# Seeding is a burst of calls that Stripe's rate limit (25/s in test mode) may refuse.
+RATE_LIMIT_ATTEMPTS = 8
+T = TypeVar("T")
+
+
+async def paced(call: Callable[[], Awaitable[T]]) -> T:
+    """Run a Stripe call, waiting out 429s with backoff. Every call here carries an
+    idempotency key or only reads, so repeating it is safe."""
+    for attempt in range(RATE_LIMIT_ATTEMPTS):
+        try:
+            return await call()
+        except stripe.RateLimitError:
+            if attempt == RATE_LIMIT_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(min(0.25 * 2**attempt, 5.0))
+    raise AssertionError("unreachable")
+
+
 def demo_email(number: int) -> str:
     return f"demo-{number:03d}@example.com"
 
@@ -26,7 +48,7 @@ def demo_card(number: int) -> str:
 
 async def _stripe_customer_exists(client: stripe.StripeClient, customer_id: str) -> bool:
     try:
-        await client.v1.customers.retrieve_async(customer_id)
+        await paced(lambda: client.v1.customers.retrieve_async(customer_id))
     except stripe.InvalidRequestError as err:
         if err.http_status == 404:
             return False
@@ -36,12 +58,18 @@ async def _stripe_customer_exists(client: stripe.StripeClient, customer_id: str)
 
 async def _create_in_stripe(client: stripe.StripeClient, email: str, card: str) -> tuple[str, str]:
     """A Stripe customer with the test card attached, keyed by email so a retry replays."""
-    customer = await client.v1.customers.create_async(
-        {"email": email, "description": "demo customer"},
-        {"idempotency_key": f"demo_customer_{email}"},
+    customer = await paced(
+        lambda: client.v1.customers.create_async(
+            {"email": email, "description": "demo customer"},
+            {"idempotency_key": f"demo_customer_{email}"},
+        )
     )
-    method = await client.v1.payment_methods.attach_async(
-        card, {"customer": customer.id}, {"idempotency_key": f"demo_attach_{email}_{customer.id}"}
+    method = await paced(
+        lambda: client.v1.payment_methods.attach_async(
+            card,
+            {"customer": customer.id},
+            {"idempotency_key": f"demo_attach_{email}_{customer.id}"},
+        )
     )
     return customer.id, method.id
 
