@@ -7,6 +7,10 @@ requests as the billing core makes them: create-and-authorize under an idempoten
 replay, capture under a key, and retrieve. The run stops after --requests requests or
 --seconds seconds, whichever comes first.
 
+It prints two figures: requests per wall-clock second, and requests per CPU-second the
+sandbox process used. The second is what one fully available core sustains; it does not
+depend on other load on the machine, which the first does.
+
     python -m bench.sandbox_throughput [--requests 20000] [--seconds 30] [--concurrency 32]
 """
 
@@ -20,6 +24,7 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
+import psutil
 
 HEADERS = {"Authorization": "Bearer sk_test_bench"}
 
@@ -100,11 +105,13 @@ async def _worker(
 
 async def run(requests: int, seconds: float, concurrency: int) -> float:
     process, url = await _start_sandbox()
+    server = psutil.Process(process.pid)
     tally = Tally()
     try:
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
             await _payment(session, url, -1, -1, Tally())  # warm up
+            cpu_before = sum(server.cpu_times()[:2])
             started = time.perf_counter()
             deadline = started + seconds
             await asyncio.gather(
@@ -114,13 +121,18 @@ async def run(requests: int, seconds: float, concurrency: int) -> float:
                 ]
             )
             elapsed = time.perf_counter() - started
+            server_cpu = sum(server.cpu_times()[:2]) - cpu_before
     finally:
         process.terminate()
         await process.wait()
     rate = tally.requests / elapsed
+    per_cpu_second = tally.requests / server_cpu
     print(
         f"stripe sandbox: {tally.requests} requests in {elapsed:.2f} s = {rate:,.0f} requests/s "
-        f"(server on 1 core, {concurrency} connections, {tally.errors} non-200 answers)"
+        f"wall clock (server pinned to 1 core, {concurrency} connections, "
+        f"{tally.errors} non-200 answers)\n"
+        f"server CPU: {server_cpu:.2f} s = {per_cpu_second:,.0f} requests per CPU-second "
+        f"({100 * server_cpu / elapsed:.0f}% of its core busy)"
     )
     return rate
 
