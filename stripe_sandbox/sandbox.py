@@ -372,13 +372,11 @@ class Sandbox:
         rules = self._faults.draw(endpoint, key)
         fault_kinds: list[str] = [rule.kind for rule in rules]
         hooks = self._faults.hooks_for(endpoint, key)
-        if "error_before" in fault_kinds:
-            if claimed and fp is not None and key is not None:
-                self._idempotency.finish(key, fp, 500, None)
-            return _Outcome(500, _encode(api_error().body()), faults=fault_kinds, endpoint=endpoint)
+        refused = "error_before" in fault_kinds
+        replayed = stored is not None and not refused
 
         info: RequestInfo | None = None
-        status, body, keep = 500, b"", False
+        status, body, keep = 500, _encode(api_error().body()), False
         try:
             delay_ms = float(self.latency_ms)
             delay_ms += sum(r.latency_ms for r in rules if r.kind == "latency")
@@ -389,8 +387,12 @@ class Sandbox:
             if hooks:
                 info = RequestInfo(endpoint, request.method, request.path, key, _params(pairs))
                 await self._run_hooks(hooks, "before", info)
-            if stored is not None:
+            if refused:
+                pass  # error_before: the 500 above, nothing executed, nothing stored
+            elif stored is not None:
                 status, body = stored.status, stored.body
+                if "error_after" in fault_kinds:  # answered 500, the stored result unchanged
+                    status, body = 500, _encode(api_error().body())
             else:
                 status, body, keep = self._execute(route, object_id, pairs)
                 if "error_after" in fault_kinds:
@@ -399,20 +401,18 @@ class Sandbox:
             if claimed and fp is not None and key is not None:
                 self._idempotency.finish(key, fp, status, body if keep else None)
 
-        if stored is not None and "error_after" in fault_kinds:
-            status, body = 500, _encode(api_error().body())
         outcome = _Outcome(
             status,
             body,
-            replayed=stored is not None,
-            drop="drop_after" in fault_kinds,
+            replayed=replayed,
+            drop="drop_after" in fault_kinds and not refused,
             faults=fault_kinds,
             endpoint=endpoint,
         )
         if info is not None:
             info.status = status
             info.body = json.loads(body)
-            info.replayed = outcome.replayed
+            info.replayed = replayed
             await self._run_hooks(hooks, "after", info)
         return outcome
 

@@ -184,3 +184,15 @@ def test_fault_rules_are_validated() -> None:
         FaultRule(kind="error_before", probability=1.5)
     with pytest.raises(ValueError):
         Sandbox().add_fault(FaultRule(kind="error_before", endpoint="refunds.create"))
+
+
+async def test_before_hook_with_error_before_is_a_crash_before_stripe_acted(
+    sandbox: Sandbox, client: stripe.StripeClient
+) -> None:
+    arrivals: list[str | None] = []
+    sandbox.add_hook("payment_intents.create", "before", lambda i: arrivals.append(i.endpoint))
+    sandbox.add_fault(FaultRule(kind="error_before", endpoint="payment_intents.create", nth=1))
+    with pytest.raises(stripe.APIError):
+        await authorized_intent(client, key="pay_1_auth_1")
+    assert arrivals == ["payment_intents.create"]
+    assert sandbox.payment_intents() == []
