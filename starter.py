@@ -216,7 +216,7 @@ async def demo(svc: Services) -> None:
     await bill(svc, period, wait=True)
     await report(svc, period, as_json=False)
     namespace = (await svc.temporal()).namespace
-    out.print(f"Web UI: {web_ui_url(svc.settings, namespace, period)}", soft_wrap=True)
+    out.print(f"Web UI: {web_ui_url(svc.settings, namespace, period)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,7 +273,7 @@ async def execute(
     try:
         await dispatch(args, settings or Settings(), client)
     except (CliError, InvalidPeriod) as err:
-        err_console.print(f"error: {err}", highlight=False, soft_wrap=True)
+        err_console.print(f"error: {err}", highlight=False)
         return EXIT_BAD_INPUT
     return EXIT_OK
 
