@@ -33,7 +33,14 @@ down: venv
 demo: up
 	$(PY) starter.py demo
 
+# Payments/s end to end, Temporal against the hand-rolled loop, Stripe limits off and live;
+# writes bench/results/<date>.json. `make bench N=500` for a quicker look.
+N ?= 2000
 bench: venv
+	$(PY) -m bench.payments --n $(N)
+
+.PHONY: bench-sandbox
+bench-sandbox: venv
 	$(PY) -m bench.sandbox_throughput
 
 clean: down

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import resource
 import signal
@@ -19,10 +20,11 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.ledger_activities import LedgerActivities
 from activities.stripe_activities import StripeActivities
+from bench import variants
 from bench.pacing import stripe_client
 from bench.sqlcount import CountingConnection, counting_pool
 from billing.ledger import migrate
@@ -57,10 +59,14 @@ def worker_options(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name)
         if value is not None:
             options[name] = value
+    if args.unsandboxed:
+        options["workflow_runner"] = UnsandboxedWorkflowRunner()
     return options
 
 
 async def serve(args: argparse.Namespace) -> dict[str, Any]:
+    for variant in args.variant:
+        variants.apply(variant)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -108,12 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-cached-workflows", type=int, default=None)
     parser.add_argument("--max-activities-per-second", type=float, default=None)
     parser.add_argument("--max-task-queue-activities-per-second", type=float, default=None)
+    parser.add_argument(
+        "--variant", action="append", default=[], choices=variants.VARIANTS, help="measure only"
+    )
+    parser.add_argument("--profile", type=Path, default=None, help="cProfile stats to this file")
+    parser.add_argument(
+        "--unsandboxed", action="store_true", help="UnsandboxedWorkflowRunner (measure only)"
+    )
     return parser
 
 
 def main() -> None:
     args = build_parser().parse_args()
-    stats = asyncio.run(serve(args))
+    if args.profile is None:
+        stats = asyncio.run(serve(args))
+    else:
+        with cProfile.Profile() as profile:
+            stats = asyncio.run(serve(args))
+        profile.dump_stats(args.profile)
     args.stats_out.write_text(json.dumps(stats))
 
 
