@@ -10,19 +10,29 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
 import asyncpg
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from billing.constants import BILLING_PERIOD, workflow_id
+from billing.constants import BILLING_PERIOD, CancelOutcome, PaymentStatus, workflow_id
 from billing.customers_csv import InvalidCsv, read_customers
 from billing.demo import seed_demo_customers
+from billing.durations import InvalidDuration, check_capture_delay, parse_duration
 from billing.launcher import LaunchSummary, launch_period, wait_for_payments
 from billing.ledger import Ledger, migrate, open_pool
 from billing.models import PaymentRecord
@@ -36,7 +46,7 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 
 out = Console(soft_wrap=True)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class CliError(Exception):
@@ -89,7 +99,9 @@ def progress_bar() -> Progress:
     )
 
 
-async def bill(svc: Services, period: str, *, wait: bool) -> None:
+async def bill(
+    svc: Services, period: str, *, wait: bool, capture_after: timedelta | None = None
+) -> None:
     client = await svc.temporal()
     with progress_bar() as progress:
         task = progress.add_task(f"starting {period}", total=None)
@@ -98,6 +110,7 @@ async def bill(svc: Services, period: str, *, wait: bool) -> None:
             client,
             period,
             svc.settings.task_queue,
+            svc.settings.billing_policy(capture_after),
             on_total=lambda n: progress.update(task, total=n),
             on_progress=lambda: progress.advance(task),
         )
@@ -194,6 +207,56 @@ async def status(svc: Services, payment_id: str) -> None:
         out.print(f"  {event.occurred_at:%Y-%m-%d %H:%M:%S} {change} {event.detail}")
 
 
+# `cancel` outcomes and their exit codes (documented in the README).
+CANCEL_EXIT_CODES = {
+    CancelOutcome.CANCELLED: 0,
+    CancelOutcome.UNKNOWN_PAYMENT: 2,
+    CancelOutcome.ALREADY_CANCELLED: 3,
+    CancelOutcome.ALREADY_CAPTURED: 4,
+    CancelOutcome.FAILED: 5,
+}
+OUTCOME_OF_FINAL_STATUS = {
+    PaymentStatus.CANCELLED: CancelOutcome.ALREADY_CANCELLED,
+    PaymentStatus.SUCCEEDED: CancelOutcome.ALREADY_CAPTURED,
+    PaymentStatus.FAILED: CancelOutcome.FAILED,
+}
+
+
+async def cancel(svc: Services, payment_id: str) -> CancelOutcome:
+    """Ask the payment's workflow to cancel and wait for what it did.
+
+    Update-with-start: a payment whose workflow has not started yet is started already
+    cancelled, so it can never authorize. A finished workflow cannot be updated; the ledger
+    then says how the payment ended.
+    """
+    found = await svc.ledger.payment_input(payment_id, svc.settings.billing_policy())
+    if found is None:
+        return CancelOutcome.UNKNOWN_PAYMENT
+    payment, status = found
+    if status in OUTCOME_OF_FINAL_STATUS:
+        return OUTCOME_OF_FINAL_STATUS[status]
+    client = await svc.temporal()
+    start = WithStartWorkflowOperation(
+        PaymentWorkflow.run,
+        payment,
+        id=workflow_id(payment.payment_id),
+        task_queue=svc.settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+    )
+    try:
+        # By name: the SDK's typing of an async update handler does not fit this call.
+        outcome = await client.execute_update_with_start_workflow(
+            "cancel_payment", start_workflow_operation=start, result_type=CancelOutcome
+        )
+        return CancelOutcome(outcome)
+    except (WorkflowAlreadyStartedError, WorkflowUpdateFailedError, RPCError) as err:
+        record = await svc.ledger.payment(payment_id)
+        if record is not None and record.status in OUTCOME_OF_FINAL_STATUS:
+            return OUTCOME_OF_FINAL_STATUS[record.status]
+        raise CliError(f"could not cancel payment {payment_id}: {err}") from err
+
+
 async def import_customers(svc: Services, path: Path) -> None:
     try:
         customers = read_customers(path)
@@ -225,7 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     bill_cmd = commands.add_parser("bill", help="create the period's payments and start them")
     bill_cmd.add_argument("period", metavar="YYYY-MM")
     bill_cmd.add_argument("--wait", action="store_true", help="wait until every payment ends")
-    cancel_cmd = commands.add_parser("cancel", help="cancel a payment (not available yet)")
+    bill_cmd.add_argument(
+        "--capture-after",
+        metavar="DELAY",
+        help="capture window, e.g. 2h or 1d12h (default: CAPTURE_DELAY, else 0)",
+    )
+    cancel_cmd = commands.add_parser(
+        "cancel",
+        help="void a payment not yet captured; exit 0 cancelled, 2 unknown payment, "
+        "3 already cancelled, 4 already captured, 5 failed",
+    )
     cancel_cmd.add_argument("payment_id")
     status_cmd = commands.add_parser("status", help="show one payment and its history")
     status_cmd.add_argument("payment_id")
@@ -244,14 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def dispatch(args: argparse.Namespace, settings: Settings, client: Client | None) -> None:
-    if args.command in ("cancel", "reconcile"):
+async def dispatch(args: argparse.Namespace, settings: Settings, client: Client | None) -> int:
+    if args.command == "reconcile":
         raise CliError(f"`{args.command}` is not available yet")
     period = parse_period(args.period) if getattr(args, "period", None) else None
+    capture_after = getattr(args, "capture_after", None)
+    capture_delay = check_capture_delay(parse_duration(capture_after)) if capture_after else None
     async with services(settings, client) as svc:
         if args.command == "bill":
             assert period is not None
-            await bill(svc, period, wait=args.wait)
+            await bill(svc, period, wait=args.wait, capture_after=capture_delay)
+        elif args.command == "cancel":
+            outcome = await cancel(svc, args.payment_id)
+            out.print(
+                outcome.value + (" (too late)" if outcome.value == "already captured" else "")
+            )
+            return CANCEL_EXIT_CODES[outcome]
         elif args.command == "report":
             assert period is not None
             await report(svc, period, as_json=args.json)
@@ -261,6 +341,7 @@ async def dispatch(args: argparse.Namespace, settings: Settings, client: Client 
             await import_customers(svc, args.file)
         elif args.command == "demo":
             await demo(svc)
+    return EXIT_OK
 
 
 async def execute(
@@ -271,11 +352,14 @@ async def execute(
     """Run one command; tests pass their own settings and Temporal client."""
     args = build_parser().parse_args(argv)
     try:
-        await dispatch(args, settings or Settings(), client)
-    except (CliError, InvalidPeriod) as err:
+        return await dispatch(args, settings or Settings(), client)
+    except (CliError, InvalidPeriod, InvalidDuration) as err:
         err_console.print(f"error: {err}", highlight=False)
-        return EXIT_BAD_INPUT
-    return EXIT_OK
+    except ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"]).upper()
+        err_console.print(f"error: {where}: {problem['msg']}", highlight=False)
+    return EXIT_BAD_INPUT
 
 
 def main() -> None:

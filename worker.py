@@ -37,9 +37,14 @@ async def run_worker(
             activities=[
                 stripe_activities.authorize,
                 stripe_activities.capture,
+                stripe_activities.void,
+                stripe_activities.find_authorization,
                 ledger_activities.record_authorization,
                 ledger_activities.finalize,
                 ledger_activities.record_failure,
+                ledger_activities.record_decline,
+                ledger_activities.begin_attempt,
+                ledger_activities.record_cancellation,
             ],
             graceful_shutdown_timeout=timedelta(seconds=10),
         )

@@ -9,7 +9,14 @@ from temporalio.exceptions import ApplicationError
 
 from billing.constants import ErrorType, PaymentStatus
 from billing.ledger import ForbiddenTransition, Ledger, UnknownPayment
-from billing.models import FinalizeInput, RecordAuthorizationInput, RecordFailureInput
+from billing.models import (
+    BeginAttemptInput,
+    FinalizeInput,
+    RecordAuthorizationInput,
+    RecordCancellationInput,
+    RecordDeclineInput,
+    RecordFailureInput,
+)
 
 
 @contextmanager
@@ -36,7 +43,10 @@ class LedgerActivities:
         """Store the charge id: pending -> authorized."""
         with ledger_rules_are_final():
             await self._ledger.transition(
-                input.payment_id, PaymentStatus.AUTHORIZED, intent_id=input.intent_id
+                input.payment_id,
+                PaymentStatus.AUTHORIZED,
+                intent_id=input.intent_id,
+                generation=input.generation,
             )
 
     @activity.defn(name="finalize")
@@ -60,4 +70,36 @@ class LedgerActivities:
                 intent_id=input.intent_id,
                 failure_code=input.failure_code,
                 failure_message=input.failure_message,
+            )
+
+    @activity.defn(name="record_decline")
+    async def record_decline(self, input: RecordDeclineInput) -> None:
+        """pending -> retrying: a soft decline; the next dunning attempt is scheduled."""
+        with ledger_rules_are_final():
+            await self._ledger.transition(
+                input.payment_id,
+                PaymentStatus.RETRYING,
+                intent_id=input.decline.intent_id,
+                failure_code=input.decline.decline_code or input.decline.code,
+                failure_message=input.decline.message,
+                generation=input.generation,
+            )
+
+    @activity.defn(name="begin_attempt")
+    async def begin_attempt(self, input: BeginAttemptInput) -> None:
+        """retrying or authorized -> pending: a new authorization generation begins."""
+        with ledger_rules_are_final():
+            await self._ledger.transition(
+                input.payment_id,
+                PaymentStatus.PENDING,
+                generation=input.generation,
+                detail={"reason": input.reason},
+            )
+
+    @activity.defn(name="record_cancellation")
+    async def record_cancellation(self, input: RecordCancellationInput) -> None:
+        """pending, retrying or authorized -> cancelled, after any authorization was voided."""
+        with ledger_rules_are_final():
+            await self._ledger.transition(
+                input.payment_id, PaymentStatus.CANCELLED, intent_id=input.intent_id
             )

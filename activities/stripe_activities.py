@@ -1,22 +1,53 @@
 """Stripe calls. Each carries the idempotency key the workflow derived from the payment."""
 
+import random
+from datetime import timedelta
+
 import stripe
+from stripe.params import PaymentIntentListParams
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from billing.constants import ErrorType
-from billing.models import Authorization, AuthorizeInput, Capture, CaptureInput, Decline
+from billing.models import (
+    Authorization,
+    AuthorizeInput,
+    Capture,
+    CaptureInput,
+    Decline,
+    FindAuthorizationInput,
+    VoidInput,
+)
 
 CAPTURABLE = "requires_capture"
 CAPTURED = "succeeded"
+CANCELED = "canceled"
+EXPIRED_REASON = "automatic"
+UNEXPECTED_STATE = "payment_intent_unexpected_state"
+LIST_PAGE = 100
+
+
+def stored_server_error(err: stripe.StripeError) -> bool:
+    """A 5xx that Stripe stored under the key: every retry with this key replays it, so
+    whether Stripe acted can only be learnt by reading the PaymentIntent."""
+    should_retry = (err.headers or {}).get("stripe-should-retry")
+    return (err.http_status or 0) >= 500 and should_retry == "false"
+
+
+def rate_limit_delay(err: stripe.RateLimitError) -> timedelta:
+    """Back off with jitter; sooner when Stripe says a retry should succeed."""
+    if (err.headers or {}).get("stripe-should-retry") == "true":
+        return timedelta(milliseconds=random.uniform(100, 500))
+    attempt = activity.info().attempt
+    return timedelta(seconds=min(2 ** (attempt - 1), 30) * random.uniform(0.5, 1.0))
 
 
 def business_failure(err: stripe.StripeError) -> ApplicationError | None:
-    """The non-retryable failure a Stripe error stands for, or None when a retry may succeed.
+    """The failure a Stripe error stands for, or None to let the engine retry it as it is.
 
-    Network errors, 5xx, 409 (a concurrent request under the same key) and 429 are transient:
-    the engine retries them with the same key. Auth errors are retried too, so that fixing the
-    configuration resumes the run instead of failing payments.
+    Network errors, 5xx, 409 (a concurrent request under the same key) and 429 are transient
+    and retried with the same key; a 429 never fails a payment. Auth errors are retried too,
+    so that fixing the configuration resumes the run instead of failing payments.
     """
     if isinstance(err, stripe.CardError):
         intent = err.error.payment_intent if err.error else None
@@ -28,6 +59,10 @@ def business_failure(err: stripe.StripeError) -> ApplicationError | None:
         )
         return ApplicationError(
             decline.message, decline, type=ErrorType.CARD_DECLINED, non_retryable=True
+        )
+    if isinstance(err, stripe.RateLimitError):
+        return ApplicationError(
+            "Stripe rate limit", type="StripeRateLimited", next_retry_delay=rate_limit_delay(err)
         )
     if isinstance(err, stripe.IdempotencyError):
         return ApplicationError(
@@ -41,7 +76,22 @@ def business_failure(err: stripe.StripeError) -> ApplicationError | None:
             type=ErrorType.STRIPE_REJECTED,
             non_retryable=True,
         )
+    if stored_server_error(err):
+        return ApplicationError(
+            f"Stripe stored a server error under this key: {err.user_message}",
+            type=ErrorType.STRIPE_OUTCOME_UNKNOWN,
+            non_retryable=True,
+        )
     return None
+
+
+def not_capturable(intent: stripe.PaymentIntent) -> ApplicationError:
+    expired = intent.status == CANCELED and intent.cancellation_reason == EXPIRED_REASON
+    return ApplicationError(
+        f"PaymentIntent {intent.id} is {intent.status} and cannot be captured",
+        type=ErrorType.AUTHORIZATION_EXPIRED if expired else ErrorType.INTENT_NOT_CAPTURABLE,
+        non_retryable=True,
+    )
 
 
 class StripeActivities:
@@ -85,16 +135,81 @@ class StripeActivities:
             intent = await self._client.v1.payment_intents.capture_async(
                 input.intent_id, options={"idempotency_key": input.idempotency_key}
             )
-        except stripe.InvalidRequestError as err:
-            if err.code != "payment_intent_unexpected_state":
+        except stripe.StripeError as err:
+            if not (err.code == UNEXPECTED_STATE or stored_server_error(err)):
                 raise business_failure(err) or err from err
-            intent = await self._client.v1.payment_intents.retrieve_async(input.intent_id)
+            intent = await self._retrieve(input.intent_id)
+            if intent.status == CAPTURABLE:  # the stored 500 was before Stripe captured
+                raise business_failure(err) or err from err
             if intent.status != CAPTURED:
+                raise not_capturable(intent) from err
+        return Capture(intent_id=intent.id, amount_received=intent.amount_received)
+
+    @activity.defn(name="void")
+    async def void(self, input: VoidInput) -> None:
+        """Cancel an uncaptured authorization. An intent already cancelled is success."""
+        try:
+            await self._client.v1.payment_intents.cancel_async(
+                input.intent_id,
+                {"cancellation_reason": "requested_by_customer"},
+                {"idempotency_key": input.idempotency_key},
+            )
+        except stripe.StripeError as err:
+            if not (err.code == UNEXPECTED_STATE or stored_server_error(err)):
+                raise business_failure(err) or err from err
+            intent = await self._retrieve(input.intent_id)
+            if intent.status == CAPTURED:
                 raise ApplicationError(
-                    f"PaymentIntent {intent.id} is {intent.status} and cannot be captured",
-                    type=ErrorType.INTENT_NOT_CAPTURABLE,
+                    f"PaymentIntent {intent.id} is already captured; it cannot be voided",
+                    type=ErrorType.ALREADY_CAPTURED,
                     non_retryable=True,
                 ) from err
+            if intent.status != CANCELED:  # the stored 500 was before Stripe cancelled
+                raise business_failure(err) or err from err
+
+    @activity.defn(name="find_authorization")
+    async def find_authorization(self, input: FindAuthorizationInput) -> Authorization | None:
+        """The payment's capturable authorization at Stripe, if one exists.
+
+        Lists the customer's PaymentIntents (not search, which lags writes) and matches the
+        payment's metadata. Run before any new key generation, so that an authorization whose
+        answer was lost is adopted instead of doubled.
+        """
+        found: list[stripe.PaymentIntent] = []
+        params: PaymentIntentListParams = {
+            "customer": input.stripe_customer_id,
+            "created": {"gte": input.created_after},
+            "limit": LIST_PAGE,
+        }
+        try:
+            while True:
+                page = await self._client.v1.payment_intents.list_async(params)
+                found += [
+                    i
+                    for i in page.data
+                    if i.status == CAPTURABLE
+                    and i.metadata.to_dict().get("payment_id") == input.payment_id
+                ]
+                if not page.has_more or not page.data:
+                    break
+                params["starting_after"] = page.data[-1].id
         except stripe.StripeError as err:
             raise business_failure(err) or err from err
-        return Capture(intent_id=intent.id, amount_received=intent.amount_received)
+        if len(found) > 1:
+            ids = ", ".join(i.id for i in found)
+            raise ApplicationError(
+                f"payment {input.payment_id} holds several capturable authorizations: {ids}",
+                type=ErrorType.INTENT_NOT_CAPTURABLE,
+                non_retryable=True,
+            )
+        return (
+            Authorization(intent_id=found[0].id, amount_capturable=found[0].amount_capturable)
+            if found
+            else None
+        )
+
+    async def _retrieve(self, intent_id: str) -> stripe.PaymentIntent:
+        try:
+            return await self._client.v1.payment_intents.retrieve_async(intent_id)
+        except stripe.StripeError as err:
+            raise business_failure(err) or err from err

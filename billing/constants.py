@@ -1,5 +1,6 @@
 """Names shared by the workflow, the worker, the starter and the Web UI: defined once here."""
 
+from datetime import timedelta
 from enum import StrEnum
 
 from temporalio.common import SearchAttributeKey
@@ -13,9 +14,14 @@ SEARCH_ATTRIBUTES = (BILLING_PERIOD, CUSTOMER_ID, PAYMENT_STATUS)
 
 
 class PaymentStatus(StrEnum):
-    """A payment's state, the same in Postgres and in the `PaymentStatus` search attribute."""
+    """A payment's state, the same in Postgres and in the `PaymentStatus` search attribute.
+
+    pending: awaiting an authorization attempt; retrying: a soft decline, waiting for the next
+    dunning attempt; authorized: an uncaptured authorization is recorded (the capture window).
+    """
 
     PENDING = "pending"
+    RETRYING = "retrying"
     AUTHORIZED = "authorized"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -31,17 +37,53 @@ class ErrorType(StrEnum):
     """`ApplicationError.type` values for business failures that must not be retried."""
 
     CARD_DECLINED = "CardDeclined"
+    AUTHORIZATION_EXPIRED = "AuthorizationExpired"
     INTENT_NOT_CAPTURABLE = "IntentNotCapturable"
+    ALREADY_CAPTURED = "AlreadyCaptured"
+    STRIPE_OUTCOME_UNKNOWN = "StripeOutcomeUnknown"
     IDEMPOTENCY_CONFLICT = "IdempotencyConflict"
     STRIPE_REJECTED = "StripeRejected"
     FORBIDDEN_TRANSITION = "ForbiddenTransition"
     UNKNOWN_PAYMENT = "UnknownPayment"
 
 
+# Declines that may succeed later; every other decline is final (DESIGN.md).
+SOFT_DECLINE_CODES = frozenset(
+    {
+        "insufficient_funds",
+        "processing_error",
+        "try_again_later",
+        "issuer_not_available",
+        "reenter_transaction",
+        "approve_with_id",
+        "call_issuer",
+    }
+)
+
+# An uncaptured authorization lives 7 days, but only about 4 days 18 hours for Visa
+# merchant-initiated charges: a capture window must end before the shorter one.
+SHORTEST_AUTHORIZATION_LIFETIME = timedelta(days=4, hours=18)
+
+
+class CancelOutcome(StrEnum):
+    """What `cancel` did; each has its own exit code in starter.py."""
+
+    CANCELLED = "cancelled"
+    ALREADY_CANCELLED = "already cancelled"
+    ALREADY_CAPTURED = "already captured"
+    FAILED = "failed"
+    UNKNOWN_PAYMENT = "unknown payment"
+
+
 def workflow_id(payment_id: str) -> str:
     return f"payment-{payment_id}"
 
 
-def idempotency_key(payment_id: str, step: str, generation: int) -> str:
-    """Stripe idempotency key: derived from the payment, never random (DESIGN.md)."""
-    return f"pay_{payment_id}_{step}_{generation}"
+def idempotency_key(payment_id: str, step: str, generation: int, resend: int = 0) -> str:
+    """Stripe idempotency key: derived from the payment, never random (DESIGN.md).
+
+    `resend` counts deliberate new keys for a capture or void whose first key Stripe poisoned
+    with a stored 500 after the workflow read the intent and saw the call had not taken effect.
+    """
+    key = f"pay_{payment_id}_{step}_{generation}"
+    return f"{key}_r{resend}" if resend else key

@@ -10,7 +10,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from billing.constants import TERMINAL_STATUSES, workflow_id
 from billing.ledger import Ledger
-from billing.models import PaymentInput, PaymentResult
+from billing.models import BillingPolicy, PaymentInput, PaymentResult
 from workflows.payment import PaymentWorkflow
 
 CONCURRENT_STARTS = 32
@@ -33,17 +33,20 @@ async def launch_period(
     client: Client,
     period: str,
     task_queue: str,
+    policy: BillingPolicy,
     *,
     on_total: Callable[[int], None] = lambda _: None,
     on_progress: Callable[[], None] = lambda: None,
 ) -> LaunchSummary:
     """Create the period's missing rows, then start one workflow per unfinished payment.
 
+    A payment's policy (capture window, dunning) is fixed when its workflow starts.
+
     The workflow id derives from the payment; REJECT_DUPLICATE keeps a finished payment
     finished, and FAIL on conflict keeps a running one single.
     """
     summary = LaunchSummary(rows_created=await ledger.create_period_payments(period))
-    payments = await ledger.period_payment_inputs(period)
+    payments = await ledger.period_payment_inputs(period, policy)
     unfinished = [p for p, status in payments if status not in TERMINAL_STATUSES]
     summary.already_final = len(payments) - len(unfinished)
     on_total(len(unfinished))

@@ -12,15 +12,29 @@ from typing import Any
 import asyncpg
 
 from billing.constants import PaymentStatus
-from billing.models import NewCustomer, PaymentEvent, PaymentInput, PaymentRecord
+from billing.models import (
+    BillingPolicy,
+    NewCustomer,
+    PaymentEvent,
+    PaymentInput,
+    PaymentRecord,
+)
+
+_OPEN = frozenset({PaymentStatus.PENDING, PaymentStatus.RETRYING, PaymentStatus.AUTHORIZED})
 
 # Allowed previous states of each target state.
 TRANSITIONS: Mapping[PaymentStatus, frozenset[PaymentStatus]] = {
+    # A new authorization attempt: after a soft decline, or after an authorization expired.
+    PaymentStatus.PENDING: frozenset({PaymentStatus.RETRYING, PaymentStatus.AUTHORIZED}),
+    PaymentStatus.RETRYING: frozenset({PaymentStatus.PENDING}),
     PaymentStatus.AUTHORIZED: frozenset({PaymentStatus.PENDING}),
     PaymentStatus.SUCCEEDED: frozenset({PaymentStatus.AUTHORIZED}),
-    PaymentStatus.FAILED: frozenset({PaymentStatus.PENDING, PaymentStatus.AUTHORIZED}),
-    PaymentStatus.CANCELLED: frozenset({PaymentStatus.PENDING, PaymentStatus.AUTHORIZED}),
+    PaymentStatus.FAILED: _OPEN,
+    PaymentStatus.CANCELLED: _OPEN,
 }
+
+# Moving here must name the PaymentIntent already recorded, never another one.
+BOUND_TO_RECORDED_INTENT = frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.CANCELLED})
 
 MIGRATION_LOCK_ID = 0x62696C6C  # any constant shared by every process that migrates
 
@@ -54,17 +68,20 @@ WITH created AS (
 INSERT INTO payment_events (payment_id, from_status, to_status, detail)
 SELECT id, NULL, 'pending', '{"by": "bill"}'::jsonb FROM created"""
 
-PERIOD_PAYMENT_INPUTS = """
+PAYMENT_INPUTS = """
 SELECT p.id::text AS payment_id, p.customer_id::text AS customer_id,
        p.billing_period, p.amount, p.currency, p.status,
        c.stripe_customer_id, c.payment_method_id
-FROM payments p JOIN customers c ON c.id = p.customer_id
-WHERE p.billing_period = $1
-ORDER BY p.created_at, p.id"""
+FROM payments p JOIN customers c ON c.id = p.customer_id"""
+
+PERIOD_PAYMENT_INPUTS = f"{PAYMENT_INPUTS} WHERE p.billing_period = $1 ORDER BY p.created_at, p.id"
+
+ONE_PAYMENT_INPUT = f"{PAYMENT_INPUTS} WHERE p.id = $1::uuid"
 
 PAYMENT_COLUMNS = """
 id::text, customer_id::text, billing_period, amount, currency, status,
-stripe_payment_intent_id, amount_received, failure_code, failure_message, created_at, updated_at"""
+stripe_payment_intent_id, amount_received, failure_code, failure_message, generation,
+created_at, updated_at"""
 
 PAYMENT_BY_ID = f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1::uuid"
 
@@ -87,8 +104,10 @@ UPDATE payments SET
     amount_received = COALESCE($4, amount_received),
     failure_code = COALESCE($5, failure_code),
     failure_message = COALESCE($6, failure_message),
+    generation = COALESCE($7, generation),
     authorized_at = CASE WHEN $2 = 'authorized' THEN now() ELSE authorized_at END,
     captured_at = CASE WHEN $2 = 'succeeded' THEN now() ELSE captured_at END,
+    cancelled_at = CASE WHEN $2 = 'cancelled' THEN now() ELSE cancelled_at END,
     updated_at = now()
 WHERE id = $1::uuid"""
 
@@ -166,23 +185,20 @@ class Ledger:
             status = await conn.execute(CREATE_PERIOD_PAYMENTS, period)
         return int(status.split()[-1])
 
-    async def period_payment_inputs(self, period: str) -> list[tuple[PaymentInput, PaymentStatus]]:
+    async def period_payment_inputs(
+        self, period: str, policy: BillingPolicy
+    ) -> list[tuple[PaymentInput, PaymentStatus]]:
         rows = await self._pool.fetch(PERIOD_PAYMENT_INPUTS, period)
-        return [
-            (
-                PaymentInput(
-                    payment_id=r["payment_id"],
-                    customer_id=r["customer_id"],
-                    billing_period=r["billing_period"],
-                    amount=r["amount"],
-                    currency=r["currency"],
-                    stripe_customer_id=r["stripe_customer_id"],
-                    payment_method_id=r["payment_method_id"],
-                ),
-                PaymentStatus(r["status"]),
-            )
-            for r in rows
-        ]
+        return [(_payment_input(r, policy), PaymentStatus(r["status"])) for r in rows]
+
+    async def payment_input(
+        self, payment_id: str, policy: BillingPolicy
+    ) -> tuple[PaymentInput, PaymentStatus] | None:
+        try:
+            row = await self._pool.fetchrow(ONE_PAYMENT_INPUT, payment_id)
+        except asyncpg.DataError:  # not a UUID at all
+            return None
+        return None if row is None else (_payment_input(row, policy), PaymentStatus(row["status"]))
 
     async def payment(self, payment_id: str) -> PaymentRecord | None:
         try:
@@ -209,12 +225,14 @@ class Ledger:
         amount_received: int | None = None,
         failure_code: str | None = None,
         failure_message: str | None = None,
+        generation: int | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> bool:
         """Move a payment to `to`. Returns False when it is already there (a replay).
 
-        Raises ForbiddenTransition when the current state does not allow the move, or when a
-        replay names another PaymentIntent than the one recorded.
+        Raises ForbiddenTransition when the current state does not allow the move, or when it
+        names another PaymentIntent than the recorded one where it must not (a replay, or a
+        capture or void). A new authorization attempt records its own PaymentIntent.
         """
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(LOCK_PAYMENT, payment_id)
@@ -222,7 +240,8 @@ class Ledger:
                 raise UnknownPayment(f"payment {payment_id} does not exist")
             current = PaymentStatus(row["status"])
             recorded_intent = row["stripe_payment_intent_id"]
-            if intent_id and recorded_intent and intent_id != recorded_intent:
+            other_intent = bool(intent_id and recorded_intent and intent_id != recorded_intent)
+            if other_intent and (current == to or to in BOUND_TO_RECORDED_INTENT):
                 raise ForbiddenTransition(
                     f"payment {payment_id} is bound to {recorded_intent}, not {intent_id}"
                 )
@@ -238,10 +257,12 @@ class Ledger:
                 amount_received,
                 failure_code,
                 failure_message,
+                generation,
             )
             event_detail = {
                 k: v
                 for k, v in {
+                    "generation": generation,
                     "intent_id": intent_id,
                     "amount_received": amount_received,
                     "failure_code": failure_code,
@@ -254,3 +275,16 @@ class Ledger:
                 APPEND_EVENT, payment_id, current.value, to.value, json.dumps(event_detail)
             )
         return True
+
+
+def _payment_input(row: asyncpg.Record, policy: BillingPolicy) -> PaymentInput:
+    return PaymentInput(
+        payment_id=row["payment_id"],
+        customer_id=row["customer_id"],
+        billing_period=row["billing_period"],
+        amount=row["amount"],
+        currency=row["currency"],
+        stripe_customer_id=row["stripe_customer_id"],
+        payment_method_id=row["payment_method_id"],
+        policy=policy,
+    )

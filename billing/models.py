@@ -4,7 +4,7 @@ Temporal carries them with `pydantic_data_converter`. None of them holds a secre
 key lives only in the worker's settings.
 """
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,6 +13,19 @@ from billing.constants import PaymentStatus
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)
+
+
+class BillingPolicy(Frozen):
+    """How a payment waits and retries, fixed when the workflow starts.
+
+    The defaults are the behaviour before the lifecycle existed (no window, no dunning), so
+    that inputs recorded then still mean what they meant.
+    """
+
+    capture_delay: timedelta = timedelta(0)
+    # Retry times after the first soft decline, e.g. 1, 3 and 5 days.
+    dunning_schedule: tuple[timedelta, ...] = ()
+    reauthorize_expired: bool = False
 
 
 class PaymentInput(Frozen):
@@ -25,6 +38,11 @@ class PaymentInput(Frozen):
     currency: str
     stripe_customer_id: str
     payment_method_id: str
+    policy: BillingPolicy = BillingPolicy()
+
+
+class PaymentMethodUpdate(Frozen):
+    payment_method_id: str = Field(pattern=r"^pm_\w+$")
 
 
 class PaymentResult(Frozen):
@@ -68,9 +86,38 @@ class Capture(Frozen):
     amount_received: int
 
 
+class VoidInput(Frozen):
+    intent_id: str
+    idempotency_key: str
+
+
+class FindAuthorizationInput(Frozen):
+    payment_id: str
+    stripe_customer_id: str
+    created_after: int
+
+
+class BeginAttemptInput(Frozen):
+    payment_id: str
+    generation: int
+    reason: str
+
+
+class RecordDeclineInput(Frozen):
+    payment_id: str
+    generation: int
+    decline: Decline
+
+
+class RecordCancellationInput(Frozen):
+    payment_id: str
+    intent_id: str | None = None
+
+
 class RecordAuthorizationInput(Frozen):
     payment_id: str
     intent_id: str
+    generation: int = 1
 
 
 class FinalizeInput(Frozen):
@@ -110,6 +157,7 @@ class PaymentRecord(Frozen):
     amount_received: int | None
     failure_code: str | None
     failure_message: str | None
+    generation: int
     created_at: datetime
     updated_at: datetime
 

@@ -1,11 +1,15 @@
 """Configuration, read once from the environment."""
 
+from datetime import timedelta
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from billing.constants import TASK_QUEUE
+from billing.durations import check_capture_delay, check_dunning_schedule, parse_duration
+from billing.models import BillingPolicy
 
 SANDBOX_API_KEY = "sk_test_sandbox"
 
@@ -28,6 +32,18 @@ class Settings(BaseSettings):
         default=0,
         description="SDK-level retries; 0 because Temporal retries the whole activity.",
     )
+    capture_delay: timedelta = Field(
+        default=timedelta(0),
+        description="Wait between authorization and capture, e.g. 2h; the default for `bill`.",
+    )
+    dunning_schedule: Annotated[list[timedelta], NoDecode] = Field(
+        default=[timedelta(days=1), timedelta(days=3), timedelta(days=5)],
+        description="Retry times after the first soft decline, e.g. 1d,3d,5d; empty for none.",
+    )
+    reauthorize_expired: bool = Field(
+        default=True,
+        description="Re-authorize once when an authorization expired before capture.",
+    )
     task_queue: str = Field(
         default=TASK_QUEUE, description="Temporal task queue shared by worker and starter."
     )
@@ -39,6 +55,35 @@ class Settings(BaseSettings):
     embedded_temporal_port: int = 7233
     embedded_temporal_ui_port: int = 8233
     sandbox_port: int = 12111
+
+    @field_validator("capture_delay", mode="before")
+    @classmethod
+    def _parse_capture_delay(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("capture_delay")
+    @classmethod
+    def _check_capture_delay(cls, value: timedelta) -> timedelta:
+        return check_capture_delay(value)
+
+    @field_validator("dunning_schedule", mode="before")
+    @classmethod
+    def _parse_dunning_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [parse_duration(part) for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("dunning_schedule")
+    @classmethod
+    def _check_dunning_schedule(cls, value: list[timedelta]) -> list[timedelta]:
+        return check_dunning_schedule(value)
+
+    def billing_policy(self, capture_delay: timedelta | None = None) -> BillingPolicy:
+        return BillingPolicy(
+            capture_delay=self.capture_delay if capture_delay is None else capture_delay,
+            dunning_schedule=tuple(self.dunning_schedule),
+            reauthorize_expired=self.reauthorize_expired,
+        )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -4,6 +4,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -17,6 +18,9 @@ from billing.settings import Settings
 from billing.stack.postgres import EmbeddedPostgres
 from billing.stack.temporal import start_local_environment
 from stripe_sandbox import Sandbox
+
+# One quick dunning retry, so that integration tests see a soft decline retried and fail.
+DUNNING_RETRY_AFTER = timedelta(seconds=1)
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +83,7 @@ async def sandbox() -> AsyncIterator[Sandbox]:
 def settings(database_url: str, sandbox: Sandbox, task_queue: str) -> Settings:
     """Worker and starter settings for one test, with a secret no history may contain."""
     return Settings(
+        dunning_schedule=[DUNNING_RETRY_AFTER],
         database_url=database_url,
         stripe_api_key=SecretStr(f"sk_test_secret_{uuid.uuid4().hex}"),
         stripe_api_base=sandbox.url,

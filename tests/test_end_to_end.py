@@ -63,13 +63,20 @@ async def test_a_month_is_billed_exactly_once(
             expected_status, expected_code = EXPECTED_BY_CARD[card_of_customer[payment.customer_id]]
             assert payment.status == expected_status, payment
             assert payment.failure_code == expected_code
-            [intent] = intents_by_payment[payment.id]
+            intents = intents_by_payment[payment.id]
+            intent = intents[-1]
             assert intent["id"] == payment.stripe_payment_intent_id
+            if expected_code != "insufficient_funds":
+                assert len(intents) == 1
             events = [e.to_status for e in await ledger.events(payment.id)]
             if expected_status == PaymentStatus.SUCCEEDED:
                 assert intent["status"] == "succeeded"
                 assert intent["amount_received"] == payment.amount == payment.amount_received
                 assert events == ["pending", "authorized", "succeeded"]
+            elif expected_code == "insufficient_funds":  # a soft decline: retried once
+                assert len(intents) == 2
+                assert {i["status"] for i in intents} == {"requires_payment_method"}
+                assert events == ["pending", "retrying", "pending", "failed"]
             else:
                 assert intent["status"] == "requires_payment_method"
                 assert intent["amount_received"] == 0

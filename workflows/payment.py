@@ -1,5 +1,13 @@
-"""One workflow per payment: authorize -> record_authorization -> capture -> finalize."""
+"""One workflow per payment: authorize -> record_authorization -> capture -> finalize.
 
+Around that spine: a capture window (a durable timer), a `cancel` signal or update that voids
+an uncaptured authorization, dunning after soft declines, and one re-authorization when an
+authorization expired before capture. Before any new key generation the payment converges to
+Stripe's true state, so it never holds two capturable authorizations.
+"""
+
+from collections.abc import Callable
+from contextlib import suppress
 from datetime import timedelta
 
 from temporalio import workflow
@@ -13,19 +21,29 @@ with workflow.unsafe.imports_passed_through():
         BILLING_PERIOD,
         CUSTOMER_ID,
         PAYMENT_STATUS,
+        SOFT_DECLINE_CODES,
+        CancelOutcome,
         ErrorType,
         PaymentStatus,
         idempotency_key,
     )
     from billing.models import (
+        Authorization,
         AuthorizeInput,
+        BeginAttemptInput,
+        Capture,
         CaptureInput,
         Decline,
         FinalizeInput,
+        FindAuthorizationInput,
         PaymentInput,
+        PaymentMethodUpdate,
         PaymentResult,
         RecordAuthorizationInput,
+        RecordCancellationInput,
+        RecordDeclineInput,
         RecordFailureInput,
+        VoidInput,
     )
 
 NON_RETRYABLE = [t.value for t in ErrorType]
@@ -46,12 +64,28 @@ LEDGER_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     non_retryable_error_types=NON_RETRYABLE,
 )
+# New keys for one capture or void whose earlier keys Stripe poisoned with a stored 500.
+MAX_RESENDS = 5
+# How far back to list the customer's PaymentIntents when converging.
+CONVERGE_LOOKBACK = timedelta(days=1)
+
+
+async def wait_until(condition: Callable[[], bool], *, at_most: timedelta) -> None:
+    """A durable timer that ends early when `condition` holds."""
+    with suppress(TimeoutError):
+        await workflow.wait_condition(condition, timeout=at_most)
 
 
 def business_failure(err: ActivityError) -> ApplicationError | None:
     cause = err.cause
     if isinstance(cause, ApplicationError) and cause.non_retryable:
         return cause
+    return None
+
+
+def decline_of(failure: ApplicationError) -> Decline | None:
+    if failure.type == ErrorType.CARD_DECLINED and failure.details:
+        return Decline.model_validate(failure.details[0])
     return None
 
 
@@ -62,10 +96,39 @@ class PaymentWorkflow:
         self._input = input
         self._step = "starting"
         self._generation = 1
+        self._payment_method = input.payment_method_id
+        self._payment_method_updated = False
+        self._cancel_requested = False
+        self._result: PaymentResult | None = None
 
     @workflow.query(name="current_step")
     def current_step(self) -> str:
         return self._step
+
+    @workflow.signal(name="cancel")
+    def cancel(self) -> None:
+        """Void the authorization unless capture has begun; after that, change nothing."""
+        self._cancel_requested = True
+
+    @workflow.update(name="cancel_payment")
+    async def cancel_payment(self) -> CancelOutcome:
+        """`cancel`, then wait until the payment has ended and say what happened."""
+        already_requested = self._cancel_requested
+        self._cancel_requested = True
+        await workflow.wait_condition(lambda: self._result is not None)
+        assert self._result is not None
+        status = self._result.status
+        if status == PaymentStatus.CANCELLED:
+            return CancelOutcome.ALREADY_CANCELLED if already_requested else CancelOutcome.CANCELLED
+        if status == PaymentStatus.SUCCEEDED:
+            return CancelOutcome.ALREADY_CAPTURED
+        return CancelOutcome.FAILED
+
+    @workflow.signal(name="payment_method_updated")
+    def payment_method_updated(self, update: PaymentMethodUpdate) -> None:
+        """The customer has a new card: a payment waiting to retry tries it at once."""
+        self._payment_method = update.payment_method_id
+        self._payment_method_updated = True
 
     @workflow.run
     async def run(self, input: PaymentInput) -> PaymentResult:
@@ -76,17 +139,104 @@ class PaymentWorkflow:
                 PAYMENT_STATUS.value_set(PaymentStatus.PENDING),
             ]
         )
+        self._result = await self._charge()
+        self._step = "done"
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._result
+
+    async def _charge(self) -> PaymentResult:
+        policy = self._input.policy
+        dunning_attempts = 0
+        reauthorized = False
+        window_done = policy.capture_delay <= timedelta(0)
+        authorization: Authorization | None = None
+        while True:
+            if self._cancel_requested and authorization is None:
+                return await self._cancel(intent_id=None)
+            if authorization is None:
+                outcome = await self._authorize()
+                if isinstance(outcome, ApplicationError):
+                    decline = decline_of(outcome)
+                    if outcome.type == ErrorType.STRIPE_OUTCOME_UNKNOWN:
+                        authorization = await self._new_generation("authorize_outcome_unknown")
+                        continue
+                    if not self._may_retry(decline, dunning_attempts):
+                        return await self._fail(outcome, intent_id=None)
+                    assert decline is not None
+                    await self._wait_to_retry(decline, dunning_attempts)
+                    dunning_attempts += 1
+                    if self._cancel_requested:
+                        return await self._cancel(intent_id=None)
+                    reason = "payment_method_updated" if self._payment_method_updated else "dunning"
+                    authorization = await self._new_generation(reason)
+                    continue
+                authorization = outcome
+
+            intent_id = authorization.intent_id
+            self._step = "record_authorization"
+            await workflow.execute_activity_method(
+                LedgerActivities.record_authorization,
+                RecordAuthorizationInput(
+                    payment_id=self._input.payment_id,
+                    intent_id=intent_id,
+                    generation=self._generation,
+                ),
+                start_to_close_timeout=LEDGER_TIMEOUT,
+                retry_policy=LEDGER_RETRY,
+            )
+            self._set_status(PaymentStatus.AUTHORIZED)
+
+            if not window_done:
+                self._step = "capture_window"
+                await wait_until(lambda: self._cancel_requested, at_most=policy.capture_delay)
+                window_done = True
+            if self._cancel_requested:
+                return await self._cancel(intent_id=intent_id)
+
+            self._step = "capture"
+            captured = await self._capture(intent_id)
+            if isinstance(captured, ApplicationError):
+                expired = captured.type == ErrorType.AUTHORIZATION_EXPIRED
+                if expired and policy.reauthorize_expired and not reauthorized:
+                    reauthorized = True
+                    authorization = await self._new_generation("authorization_expired")
+                    continue
+                return await self._fail(captured, intent_id=intent_id)
+
+            self._step = "finalize"
+            await workflow.execute_activity_method(
+                LedgerActivities.finalize,
+                FinalizeInput(
+                    payment_id=self._input.payment_id,
+                    intent_id=intent_id,
+                    amount_received=captured.amount_received,
+                ),
+                start_to_close_timeout=LEDGER_TIMEOUT,
+                retry_policy=LEDGER_RETRY,
+            )
+            self._set_status(PaymentStatus.SUCCEEDED)
+            return PaymentResult(
+                payment_id=self._input.payment_id,
+                status=PaymentStatus.SUCCEEDED,
+                stripe_payment_intent_id=intent_id,
+                amount_received=captured.amount_received,
+            )
+
+    async def _authorize(self) -> Authorization | ApplicationError:
         self._step = "authorize"
+        self._payment_method_updated = False
         try:
-            authorization = await workflow.execute_activity_method(
+            return await workflow.execute_activity_method(
                 StripeActivities.authorize,
                 AuthorizeInput(
-                    payment_id=input.payment_id,
-                    amount=input.amount,
-                    currency=input.currency,
-                    stripe_customer_id=input.stripe_customer_id,
-                    payment_method_id=input.payment_method_id,
-                    idempotency_key=idempotency_key(input.payment_id, "auth", self._generation),
+                    payment_id=self._input.payment_id,
+                    amount=self._input.amount,
+                    currency=self._input.currency,
+                    stripe_customer_id=self._input.stripe_customer_id,
+                    payment_method_id=self._payment_method,
+                    idempotency_key=idempotency_key(
+                        self._input.payment_id, "auth", self._generation
+                    ),
                 ),
                 start_to_close_timeout=STRIPE_TIMEOUT,
                 retry_policy=STRIPE_RETRY,
@@ -95,60 +245,134 @@ class PaymentWorkflow:
             failure = business_failure(err)
             if failure is None:
                 raise
-            return await self._fail(failure, intent_id=None)
+            return failure
 
-        intent_id = authorization.intent_id
-        self._step = "record_authorization"
+    def _may_retry(self, decline: Decline | None, attempts_so_far: int) -> bool:
+        if decline is None or (decline.decline_code or decline.code) not in SOFT_DECLINE_CODES:
+            return False
+        return attempts_so_far < len(self._input.policy.dunning_schedule)
+
+    async def _wait_to_retry(self, decline: Decline, attempt: int) -> None:
+        """Record the soft decline, then sleep until the next dunning time, a new payment
+        method or a cancel, whichever comes first."""
+        self._step = "record_decline"
         await workflow.execute_activity_method(
-            LedgerActivities.record_authorization,
-            RecordAuthorizationInput(payment_id=input.payment_id, intent_id=intent_id),
-            start_to_close_timeout=LEDGER_TIMEOUT,
-            retry_policy=LEDGER_RETRY,
-        )
-        self._set_status(PaymentStatus.AUTHORIZED)
-
-        self._step = "capture"
-        try:
-            capture = await workflow.execute_activity_method(
-                StripeActivities.capture,
-                CaptureInput(
-                    intent_id=intent_id,
-                    idempotency_key=idempotency_key(input.payment_id, "capture", self._generation),
-                ),
-                start_to_close_timeout=STRIPE_TIMEOUT,
-                retry_policy=STRIPE_RETRY,
-            )
-        except ActivityError as err:
-            failure = business_failure(err)
-            if failure is None:
-                raise
-            return await self._fail(failure, intent_id=intent_id)
-
-        self._step = "finalize"
-        await workflow.execute_activity_method(
-            LedgerActivities.finalize,
-            FinalizeInput(
-                payment_id=input.payment_id,
-                intent_id=intent_id,
-                amount_received=capture.amount_received,
+            LedgerActivities.record_decline,
+            RecordDeclineInput(
+                payment_id=self._input.payment_id, generation=self._generation, decline=decline
             ),
             start_to_close_timeout=LEDGER_TIMEOUT,
             retry_policy=LEDGER_RETRY,
         )
-        self._set_status(PaymentStatus.SUCCEEDED)
-        self._step = "done"
+        self._set_status(PaymentStatus.RETRYING)
+        schedule = self._input.policy.dunning_schedule
+        wait = schedule[attempt] - (schedule[attempt - 1] if attempt else timedelta(0))
+        self._step = "waiting_to_retry"
+        await wait_until(
+            lambda: self._cancel_requested or self._payment_method_updated, at_most=wait
+        )
+
+    async def _new_generation(self, reason: str) -> Authorization | None:
+        """Converge with Stripe, then begin a new authorization generation.
+
+        Returns the payment's capturable authorization if Stripe already holds one (an
+        answer that was lost); the caller then records it instead of authorizing again.
+        """
+        self._step = "converge"
+        created_after = workflow.info().start_time - CONVERGE_LOOKBACK
+        existing = await workflow.execute_activity_method(
+            StripeActivities.find_authorization,
+            FindAuthorizationInput(
+                payment_id=self._input.payment_id,
+                stripe_customer_id=self._input.stripe_customer_id,
+                created_after=int(created_after.timestamp()),
+            ),
+            start_to_close_timeout=STRIPE_TIMEOUT,
+            retry_policy=STRIPE_RETRY,
+        )
+        if existing is not None:
+            return existing
+        self._generation += 1
+        self._step = "begin_attempt"
+        await workflow.execute_activity_method(
+            LedgerActivities.begin_attempt,
+            BeginAttemptInput(
+                payment_id=self._input.payment_id, generation=self._generation, reason=reason
+            ),
+            start_to_close_timeout=LEDGER_TIMEOUT,
+            retry_policy=LEDGER_RETRY,
+        )
+        self._set_status(PaymentStatus.PENDING)
+        return None
+
+    async def _capture(self, intent_id: str) -> Capture | ApplicationError:
+        for resend in range(MAX_RESENDS + 1):
+            try:
+                return await workflow.execute_activity_method(
+                    StripeActivities.capture,
+                    CaptureInput(
+                        intent_id=intent_id,
+                        idempotency_key=idempotency_key(
+                            self._input.payment_id, "capture", self._generation, resend
+                        ),
+                    ),
+                    start_to_close_timeout=STRIPE_TIMEOUT,
+                    retry_policy=STRIPE_RETRY,
+                )
+            except ActivityError as err:
+                failure = business_failure(err)
+                if failure is None:
+                    raise
+                if failure.type != ErrorType.STRIPE_OUTCOME_UNKNOWN or resend == MAX_RESENDS:
+                    return failure
+        raise AssertionError("unreachable")
+
+    async def _void(self, intent_id: str) -> None:
+        for resend in range(MAX_RESENDS + 1):
+            try:
+                await workflow.execute_activity_method(
+                    StripeActivities.void,
+                    VoidInput(
+                        intent_id=intent_id,
+                        idempotency_key=idempotency_key(
+                            self._input.payment_id, "void", self._generation, resend
+                        ),
+                    ),
+                    start_to_close_timeout=STRIPE_TIMEOUT,
+                    retry_policy=STRIPE_RETRY,
+                )
+                return
+            except ActivityError as err:
+                failure = business_failure(err)
+                if failure is None or failure.type != ErrorType.STRIPE_OUTCOME_UNKNOWN:
+                    raise
+                if resend == MAX_RESENDS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _cancel(self, *, intent_id: str | None) -> PaymentResult:
+        if intent_id is not None:
+            self._step = "void"
+            await self._void(intent_id)
+        self._step = "record_cancellation"
+        await workflow.execute_activity_method(
+            LedgerActivities.record_cancellation,
+            RecordCancellationInput(payment_id=self._input.payment_id, intent_id=intent_id),
+            start_to_close_timeout=LEDGER_TIMEOUT,
+            retry_policy=LEDGER_RETRY,
+        )
+        self._set_status(PaymentStatus.CANCELLED)
         return PaymentResult(
-            payment_id=input.payment_id,
-            status=PaymentStatus.SUCCEEDED,
+            payment_id=self._input.payment_id,
+            status=PaymentStatus.CANCELLED,
             stripe_payment_intent_id=intent_id,
-            amount_received=capture.amount_received,
         )
 
     async def _fail(self, failure: ApplicationError, *, intent_id: str | None) -> PaymentResult:
         """End the payment `failed`, recording Stripe's decline code when there is one."""
         code = failure.type or "failed"
-        if failure.type == ErrorType.CARD_DECLINED and failure.details:
-            decline = Decline.model_validate(failure.details[0])
+        decline = decline_of(failure)
+        if decline is not None:
             code = decline.decline_code or decline.code
             intent_id = intent_id or decline.intent_id
         self._step = "record_failure"
@@ -164,7 +388,6 @@ class PaymentWorkflow:
             retry_policy=LEDGER_RETRY,
         )
         self._set_status(PaymentStatus.FAILED)
-        self._step = "done"
         return PaymentResult(
             payment_id=self._input.payment_id,
             status=PaymentStatus.FAILED,
