@@ -10,13 +10,16 @@ from pathlib import Path
 import asyncpg
 import pytest
 from pydantic import SecretStr
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from billing.constants import SEARCH_ATTRIBUTES
 from billing.ledger import migrate, open_pool
 from billing.settings import Settings
 from billing.stack.postgres import EmbeddedPostgres
-from billing.stack.temporal import start_local_environment
+from billing.stack.temporal import start_local_environment, test_server_path
 from stripe_sandbox import Sandbox
 
 # One quick dunning retry, so that integration tests see a soft decline retried and fail.
@@ -57,6 +60,27 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await start_local_environment(data_converter=pydantic_data_converter)
     try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The time-skipping test server, for timers measured in hours and days."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=test_server_path(), data_converter=pydantic_data_converter
+    )
+    try:
+        await env.client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=env.client.namespace,
+                search_attributes={
+                    key.name: IndexedValueType.ValueType(key.indexed_value_type)
+                    for key in SEARCH_ATTRIBUTES
+                },
+            )
+        )
         yield env
     finally:
         await env.shutdown()

@@ -14,7 +14,7 @@ from temporalio.worker import Worker
 from billing.constants import ErrorType, workflow_id
 from billing.models import Decline
 from billing.stack.temporal import start_local_environment
-from tests.test_payment_workflow import StubActivities, payment_input
+from tests.stubs import StubActivities, payment_input
 from workflows.payment import PaymentWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -31,9 +31,11 @@ def cases() -> dict[str, StubActivities]:
     return {
         "payment_succeeded": StubActivities(capture_errors=[RuntimeError("connection reset")]),
         "payment_declined": StubActivities(
-            authorize_error=ApplicationError(
-                decline.message, decline, type=ErrorType.CARD_DECLINED, non_retryable=True
-            )
+            authorize_errors=[
+                ApplicationError(
+                    decline.message, decline, type=ErrorType.CARD_DECLINED, non_retryable=True
+                )
+            ]
         ),
     }
 

@@ -1,11 +1,7 @@
 """Workflow logic with stub activities (the one place mocks are allowed), on the dev server."""
 
 import asyncio
-import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
-from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
@@ -20,76 +16,15 @@ from billing.constants import (
     workflow_id,
 )
 from billing.models import (
-    Authorization,
     AuthorizeInput,
-    Capture,
     CaptureInput,
     Decline,
-    FinalizeInput,
     PaymentInput,
     PaymentResult,
-    RecordAuthorizationInput,
     RecordFailureInput,
 )
+from tests.stubs import StubActivities, payment_input
 from workflows.payment import PaymentWorkflow
-
-
-def payment_input() -> PaymentInput:
-    return PaymentInput(
-        payment_id=str(uuid.uuid4()),
-        customer_id=str(uuid.uuid4()),
-        billing_period="2026-11",
-        amount=4200,
-        currency="usd",
-        stripe_customer_id="cus_1",
-        payment_method_id="pm_card_visa",
-    )
-
-
-@dataclass
-class StubActivities:
-    """Records every call; `authorize_error`/`capture_errors` script what Stripe answers."""
-
-    authorize_error: Exception | None = None
-    capture_errors: list[Exception] = field(default_factory=list)
-    capture_gate: asyncio.Event | None = None
-    capture_started: asyncio.Event = field(default_factory=asyncio.Event)
-    calls: list[tuple[str, object]] = field(default_factory=list)
-
-    def all(self) -> list[Callable[..., Awaitable[object]]]:
-        @activity.defn(name="authorize")
-        async def authorize(input: AuthorizeInput) -> Authorization:
-            self.calls.append(("authorize", input))
-            if self.authorize_error:
-                raise self.authorize_error
-            return Authorization(intent_id="pi_1", amount_capturable=input.amount)
-
-        @activity.defn(name="capture")
-        async def capture(input: CaptureInput) -> Capture:
-            self.calls.append(("capture", input))
-            self.capture_started.set()
-            if self.capture_gate:
-                await self.capture_gate.wait()
-            if self.capture_errors:
-                raise self.capture_errors.pop(0)
-            return Capture(intent_id=input.intent_id, amount_received=4200)
-
-        @activity.defn(name="record_authorization")
-        async def record_authorization(input: RecordAuthorizationInput) -> None:
-            self.calls.append(("record_authorization", input))
-
-        @activity.defn(name="finalize")
-        async def finalize(input: FinalizeInput) -> None:
-            self.calls.append(("finalize", input))
-
-        @activity.defn(name="record_failure")
-        async def record_failure(input: RecordFailureInput) -> None:
-            self.calls.append(("record_failure", input))
-
-        return [authorize, capture, record_authorization, finalize, record_failure]
-
-    def names(self) -> list[str]:
-        return [name for name, _ in self.calls]
 
 
 async def run_payment(
@@ -116,6 +51,7 @@ async def test_happy_path_runs_the_four_steps_in_order(
     authorize, capture = stubs.calls[0][1], stubs.calls[2][1]
     assert isinstance(authorize, AuthorizeInput) and isinstance(capture, CaptureInput)
     assert authorize.idempotency_key == f"pay_{payment.payment_id}_auth_1"
+    assert not stubs.inputs("find_authorization")
     assert capture.idempotency_key == f"pay_{payment.payment_id}_capture_1"
 
     handle = temporal_env.client.get_workflow_handle(workflow_id(payment.payment_id))
@@ -157,9 +93,11 @@ async def test_decline_fails_the_payment_with_its_decline_code(
         intent_id="pi_declined",
     )
     stubs = StubActivities(
-        authorize_error=ApplicationError(
-            decline.message, decline, type=ErrorType.CARD_DECLINED, non_retryable=True
-        )
+        authorize_errors=[
+            ApplicationError(
+                decline.message, decline, type=ErrorType.CARD_DECLINED, non_retryable=True
+            )
+        ]
     )
     payment = payment_input()
     result = await run_payment(temporal_env, task_queue, stubs, payment)

@@ -1,0 +1,167 @@
+"""Stub activities for pure workflow-logic tests: they record calls and play a script."""
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from billing.constants import ErrorType
+from billing.models import (
+    Authorization,
+    AuthorizeInput,
+    BeginAttemptInput,
+    BillingPolicy,
+    Capture,
+    CaptureInput,
+    Decline,
+    FinalizeInput,
+    FindAuthorizationInput,
+    PaymentInput,
+    RecordAuthorizationInput,
+    RecordCancellationInput,
+    RecordDeclineInput,
+    RecordFailureInput,
+    VoidInput,
+)
+
+
+def payment_input(policy: BillingPolicy | None = None) -> PaymentInput:
+    return PaymentInput(
+        payment_id=str(uuid.uuid4()),
+        customer_id=str(uuid.uuid4()),
+        billing_period="2026-11",
+        amount=4200,
+        currency="usd",
+        stripe_customer_id="cus_1",
+        payment_method_id="pm_card_visa",
+        policy=policy or BillingPolicy(),
+    )
+
+
+def declined(decline_code: str, intent_id: str = "pi_declined") -> ApplicationError:
+    decline = Decline(
+        code="card_declined",
+        decline_code=decline_code,
+        message=f"declined: {decline_code}",
+        intent_id=intent_id,
+    )
+    return ApplicationError(
+        decline.message, decline, type=ErrorType.CARD_DECLINED, non_retryable=True
+    )
+
+
+def business_error(error_type: ErrorType) -> ApplicationError:
+    return ApplicationError(f"stub {error_type}", type=error_type, non_retryable=True)
+
+
+@dataclass
+class StubActivities:
+    """`authorize_errors[i]` is what attempt i raises (None: it authorizes `pi_<key>`);
+    `capture_errors` and `void_errors` are raised by successive calls until used up."""
+
+    authorize_errors: list[Exception | None] = field(default_factory=list)
+    capture_errors: list[Exception] = field(default_factory=list)
+    void_errors: list[Exception] = field(default_factory=list)
+    existing_authorization: Authorization | None = None
+    capture_gate: asyncio.Event | None = None
+    capture_started: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: list[tuple[str, object]] = field(default_factory=list)
+    scheduled: list[tuple[str, datetime]] = field(default_factory=list)
+    _reached: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def _record(self, name: str, input: object) -> None:
+        self.calls.append((name, input))
+        self.scheduled.append((name, activity.info().scheduled_time))
+        self.reached(name).set()
+
+    def reached(self, name: str) -> asyncio.Event:
+        """Set once the activity `name` has been called."""
+        return self._reached.setdefault(name, asyncio.Event())
+
+    def all(self) -> list[Callable[..., Awaitable[object]]]:
+        @activity.defn(name="authorize")
+        async def authorize(input: AuthorizeInput) -> Authorization:
+            attempt = sum(name == "authorize" for name, _ in self.calls)
+            self._record("authorize", input)
+            error = self.authorize_errors[attempt] if attempt < len(self.authorize_errors) else None
+            if error:
+                raise error
+            return Authorization(intent_id=f"pi_{input.idempotency_key}", amount_capturable=4200)
+
+        @activity.defn(name="capture")
+        async def capture(input: CaptureInput) -> Capture:
+            self._record("capture", input)
+            self.capture_started.set()
+            if self.capture_gate:
+                await self.capture_gate.wait()
+            if self.capture_errors:
+                raise self.capture_errors.pop(0)
+            return Capture(intent_id=input.intent_id, amount_received=4200)
+
+        @activity.defn(name="void")
+        async def void(input: VoidInput) -> None:
+            self._record("void", input)
+            if self.void_errors:
+                raise self.void_errors.pop(0)
+
+        @activity.defn(name="find_authorization")
+        async def find_authorization(input: FindAuthorizationInput) -> Authorization | None:
+            self._record("find_authorization", input)
+            return self.existing_authorization
+
+        @activity.defn(name="record_authorization")
+        async def record_authorization(input: RecordAuthorizationInput) -> None:
+            self._record("record_authorization", input)
+
+        @activity.defn(name="finalize")
+        async def finalize(input: FinalizeInput) -> None:
+            self._record("finalize", input)
+
+        @activity.defn(name="record_failure")
+        async def record_failure(input: RecordFailureInput) -> None:
+            self._record("record_failure", input)
+
+        @activity.defn(name="record_decline")
+        async def record_decline(input: RecordDeclineInput) -> None:
+            self._record("record_decline", input)
+
+        @activity.defn(name="begin_attempt")
+        async def begin_attempt(input: BeginAttemptInput) -> None:
+            self._record("begin_attempt", input)
+
+        @activity.defn(name="record_cancellation")
+        async def record_cancellation(input: RecordCancellationInput) -> None:
+            self._record("record_cancellation", input)
+
+        return [
+            authorize,
+            capture,
+            void,
+            find_authorization,
+            record_authorization,
+            finalize,
+            record_failure,
+            record_decline,
+            begin_attempt,
+            record_cancellation,
+        ]
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+    def inputs(self, name: str) -> list[object]:
+        return [input for n, input in self.calls if n == name]
+
+    def keys(self, name: str) -> list[str]:
+        return [
+            i.idempotency_key
+            for i in self.inputs(name)
+            if isinstance(i, AuthorizeInput | CaptureInput | VoidInput)
+        ]
+
+    def when(self, name: str) -> list[datetime]:
+        return [t for n, t in self.scheduled if n == name]

@@ -1,0 +1,300 @@
+"""The payment lifecycle with stub activities on the time-skipping server: windows, cancels,
+dunning over days, expiry and lost answers."""
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from billing.constants import CancelOutcome, ErrorType, PaymentStatus, workflow_id
+from billing.models import (
+    Authorization,
+    AuthorizeInput,
+    BeginAttemptInput,
+    BillingPolicy,
+    PaymentInput,
+    PaymentMethodUpdate,
+    PaymentResult,
+    RecordAuthorizationInput,
+    RecordCancellationInput,
+)
+from tests.stubs import StubActivities, business_error, declined, payment_input
+from workflows.payment import PaymentWorkflow
+
+DUNNING = (timedelta(days=1), timedelta(days=3), timedelta(days=5))
+WAIT = 30  # seconds, for a stub activity to be reached
+
+
+@pytest.fixture
+def env(time_skipping_env: WorkflowEnvironment) -> WorkflowEnvironment:
+    return time_skipping_env
+
+
+async def start(
+    env: WorkflowEnvironment,
+    task_queue: str,
+    payment: PaymentInput,
+    start_signal: str | None = None,
+) -> WorkflowHandle[PaymentWorkflow, PaymentResult]:
+    return await env.client.start_workflow(
+        PaymentWorkflow.run,
+        payment,
+        id=workflow_id(payment.payment_id),
+        task_queue=task_queue,
+        start_signal=start_signal,
+    )
+
+
+def worker(env: WorkflowEnvironment, task_queue: str, stubs: StubActivities) -> Worker:
+    return Worker(
+        env.client, task_queue=task_queue, workflows=[PaymentWorkflow], activities=stubs.all()
+    )
+
+
+async def reached(stubs: StubActivities, name: str) -> None:
+    await asyncio.wait_for(stubs.reached(name).wait(), timeout=WAIT)
+
+
+async def cancel(handle: WorkflowHandle[PaymentWorkflow, PaymentResult]) -> CancelOutcome:
+    outcome = await handle.execute_update("cancel_payment", result_type=CancelOutcome)
+    return CancelOutcome(outcome)
+
+
+async def test_capture_waits_for_the_window(env: WorkflowEnvironment, task_queue: str) -> None:
+    stubs = StubActivities()
+    payment = payment_input(BillingPolicy(capture_delay=timedelta(hours=2)))
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    assert result.status == PaymentStatus.SUCCEEDED
+    [authorized_at] = stubs.when("record_authorization")
+    [captured_at] = stubs.when("capture")
+    assert captured_at - authorized_at >= timedelta(hours=2)
+
+
+async def test_cancel_in_the_window_voids_the_authorization(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    stubs = StubActivities()
+    payment = payment_input(BillingPolicy(capture_delay=timedelta(hours=2)))
+    async with worker(env, task_queue, stubs):
+        handle = await start(env, task_queue, payment)
+        await reached(stubs, "record_authorization")
+        assert await cancel(handle) == CancelOutcome.CANCELLED
+        result = await handle.result()
+    assert result.status == PaymentStatus.CANCELLED
+    assert "capture" not in stubs.names()
+    assert stubs.keys("void") == [f"pay_{payment.payment_id}_void_1"]
+    [cancellation] = stubs.inputs("record_cancellation")
+    assert isinstance(cancellation, RecordCancellationInput)
+    assert cancellation.intent_id == f"pi_pay_{payment.payment_id}_auth_1"
+
+
+async def test_a_second_cancel_is_already_cancelled(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    stubs = StubActivities()
+    payment = payment_input(BillingPolicy(capture_delay=timedelta(hours=2)))
+    async with worker(env, task_queue, stubs):
+        handle = await start(env, task_queue, payment)
+        await reached(stubs, "record_authorization")
+        await handle.signal(PaymentWorkflow.cancel)
+        assert await cancel(handle) == CancelOutcome.ALREADY_CANCELLED
+        assert (await handle.result()).status == PaymentStatus.CANCELLED
+    assert len(stubs.inputs("void")) == 1
+
+
+async def test_cancel_before_authorization_never_touches_stripe(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    stubs = StubActivities()
+    payment = payment_input()
+    async with worker(env, task_queue, stubs):
+        handle = await start(env, task_queue, payment, start_signal="cancel")
+        result = await handle.result()
+    assert result.status == PaymentStatus.CANCELLED
+    assert stubs.names() == ["record_cancellation"]
+
+
+async def test_cancel_after_capture_began_changes_nothing(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    gate = asyncio.Event()
+    stubs = StubActivities(capture_gate=gate)
+    payment = payment_input()
+    async with worker(env, task_queue, stubs):
+        handle = await start(env, task_queue, payment)
+        await reached(stubs, "capture")
+        outcome = asyncio.create_task(cancel(handle))
+        await asyncio.sleep(0.5)
+        gate.set()
+        assert await outcome == CancelOutcome.ALREADY_CAPTURED
+        assert (await handle.result()).status == PaymentStatus.SUCCEEDED
+    assert "void" not in stubs.names()
+    assert "record_cancellation" not in stubs.names()
+
+
+async def test_soft_declines_are_retried_on_the_dunning_schedule(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    stubs = StubActivities(
+        authorize_errors=[declined("insufficient_funds"), declined("insufficient_funds"), None]
+    )
+    payment = payment_input(BillingPolicy(dunning_schedule=DUNNING))
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+
+    assert result.status == PaymentStatus.SUCCEEDED
+    prefix = f"pay_{payment.payment_id}"
+    assert stubs.keys("authorize") == [f"{prefix}_auth_1", f"{prefix}_auth_2", f"{prefix}_auth_3"]
+    assert stubs.keys("capture") == [f"{prefix}_capture_3"]
+    assert len(stubs.inputs("record_decline")) == 2
+    attempts = stubs.inputs("begin_attempt")
+    assert [(a.generation, a.reason) for a in attempts if isinstance(a, BeginAttemptInput)] == [
+        (2, "dunning"),
+        (3, "dunning"),
+    ]
+    assert len(stubs.inputs("find_authorization")) == 2  # converged before each new key
+    first, second, third = stubs.when("authorize")
+    assert timedelta(days=1) <= second - first < timedelta(days=2)
+    assert timedelta(days=3) <= third - first < timedelta(days=4)
+
+
+async def test_dunning_that_runs_out_fails_with_the_decline_code(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    stubs = StubActivities(authorize_errors=[declined("insufficient_funds")] * 4)
+    payment = payment_input(BillingPolicy(dunning_schedule=DUNNING))
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    assert result.status == PaymentStatus.FAILED
+    assert result.failure_code == "insufficient_funds"
+    assert len(stubs.inputs("authorize")) == 4
+    assert stubs.names()[-1] == "record_failure"
+
+
+@pytest.mark.parametrize("code", ["stolen_card", "lost_card", "authentication_required"])
+async def test_hard_declines_fail_at_once(
+    env: WorkflowEnvironment, task_queue: str, code: str
+) -> None:
+    stubs = StubActivities(authorize_errors=[declined(code)])
+    payment = payment_input(BillingPolicy(dunning_schedule=DUNNING))
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    assert (result.status, result.failure_code) == (PaymentStatus.FAILED, code)
+    assert stubs.names() == ["authorize", "record_failure"]
+
+
+async def test_a_new_payment_method_is_tried_at_once(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    stubs = StubActivities(authorize_errors=[declined("insufficient_funds"), None])
+    payment = payment_input(BillingPolicy(dunning_schedule=DUNNING))
+    async with worker(env, task_queue, stubs):
+        handle = await start(env, task_queue, payment)
+        await reached(stubs, "record_decline")
+        await handle.signal(
+            PaymentWorkflow.payment_method_updated, PaymentMethodUpdate(payment_method_id="pm_new")
+        )
+        result = await handle.result()
+    assert result.status == PaymentStatus.SUCCEEDED
+    _, second = stubs.inputs("authorize")
+    assert isinstance(second, AuthorizeInput) and second.payment_method_id == "pm_new"
+    [attempt] = stubs.inputs("begin_attempt")
+    assert isinstance(attempt, BeginAttemptInput) and attempt.reason == "payment_method_updated"
+    before, after = stubs.when("authorize")
+    assert after - before < timedelta(days=1)
+
+
+async def test_cancel_while_waiting_to_retry(env: WorkflowEnvironment, task_queue: str) -> None:
+    stubs = StubActivities(authorize_errors=[declined("insufficient_funds")])
+    payment = payment_input(BillingPolicy(dunning_schedule=DUNNING))
+    async with worker(env, task_queue, stubs):
+        handle = await start(env, task_queue, payment)
+        await reached(stubs, "record_decline")
+        assert await cancel(handle) == CancelOutcome.CANCELLED
+        assert (await handle.result()).status == PaymentStatus.CANCELLED
+    assert "void" not in stubs.names()  # a declined intent holds nothing to void
+    assert stubs.names()[-1] == "record_cancellation"
+
+
+async def test_an_expired_authorization_is_reauthorized_once(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    stubs = StubActivities(capture_errors=[business_error(ErrorType.AUTHORIZATION_EXPIRED)])
+    payment = payment_input(
+        BillingPolicy(capture_delay=timedelta(hours=1), reauthorize_expired=True)
+    )
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    prefix = f"pay_{payment.payment_id}"
+    assert result.status == PaymentStatus.SUCCEEDED
+    assert result.stripe_payment_intent_id == f"pi_{prefix}_auth_2"
+    assert stubs.keys("capture") == [f"{prefix}_capture_1", f"{prefix}_capture_2"]
+    [attempt] = stubs.inputs("begin_attempt")
+    assert isinstance(attempt, BeginAttemptInput)
+    assert (attempt.generation, attempt.reason) == (2, "authorization_expired")
+    _, recorded_again = stubs.inputs("record_authorization")
+    assert isinstance(recorded_again, RecordAuthorizationInput)
+    assert recorded_again.generation == 2
+    first_capture, second_capture = stubs.when("capture")
+    assert second_capture - first_capture < timedelta(hours=1)  # the window is not repeated
+
+
+@pytest.mark.parametrize(
+    ("reauthorize", "expiries"), [(False, 1), (True, 2)], ids=["policy-off", "twice"]
+)
+async def test_an_expired_authorization_otherwise_fails(
+    env: WorkflowEnvironment, task_queue: str, reauthorize: bool, expiries: int
+) -> None:
+    stubs = StubActivities(
+        capture_errors=[business_error(ErrorType.AUTHORIZATION_EXPIRED)] * expiries
+    )
+    payment = payment_input(BillingPolicy(reauthorize_expired=reauthorize))
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    assert result.status == PaymentStatus.FAILED
+    assert result.failure_code == ErrorType.AUTHORIZATION_EXPIRED
+    assert len(stubs.inputs("authorize")) == expiries
+
+
+async def test_a_lost_authorization_answer_adopts_what_stripe_holds(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    stubs = StubActivities(
+        authorize_errors=[business_error(ErrorType.STRIPE_OUTCOME_UNKNOWN)],
+        existing_authorization=Authorization(intent_id="pi_found", amount_capturable=4200),
+    )
+    payment = payment_input()
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    assert result.status == PaymentStatus.SUCCEEDED
+    assert result.stripe_payment_intent_id == "pi_found"
+    assert len(stubs.inputs("authorize")) == 1
+    assert "begin_attempt" not in stubs.names()
+
+
+async def test_a_lost_answer_with_nothing_at_stripe_starts_a_new_generation(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    stubs = StubActivities(authorize_errors=[business_error(ErrorType.STRIPE_OUTCOME_UNKNOWN)])
+    payment = payment_input()
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    prefix = f"pay_{payment.payment_id}"
+    assert result.status == PaymentStatus.SUCCEEDED
+    assert stubs.keys("authorize") == [f"{prefix}_auth_1", f"{prefix}_auth_2"]
+
+
+async def test_a_poisoned_capture_key_is_resent_under_a_new_key(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    stubs = StubActivities(capture_errors=[business_error(ErrorType.STRIPE_OUTCOME_UNKNOWN)])
+    payment = payment_input()
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    prefix = f"pay_{payment.payment_id}"
+    assert result.status == PaymentStatus.SUCCEEDED
+    assert stubs.keys("capture") == [f"{prefix}_capture_1", f"{prefix}_capture_1_r1"]
