@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import asyncpg
+import stripe
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -34,9 +35,10 @@ from billing.customers_csv import InvalidCsv, read_customers
 from billing.demo import seed_demo_customers
 from billing.durations import InvalidDuration, check_capture_delay, parse_duration
 from billing.launcher import LaunchSummary, launch_period, wait_for_payments
-from billing.ledger import Ledger, migrate, open_pool
+from billing.ledger import Ledger, ReconcileLedger, migrate, open_pool
 from billing.models import PaymentRecord
 from billing.period import InvalidPeriod, current_period, parse_period
+from billing.reconcile import Comparison, reconcile
 from billing.settings import Settings
 from billing.stripe_client import make_stripe_client
 from billing.temporal_client import connect_temporal
@@ -257,6 +259,61 @@ async def cancel(svc: Services, payment_id: str) -> CancelOutcome:
         raise CliError(f"could not cancel payment {payment_id}: {err}") from err
 
 
+EXIT_DISCREPANCY = 1
+
+
+def table_width(table: Table) -> int:
+    return Console(width=10_000).measure(table).maximum
+
+
+async def reconcile_period(svc: Services, period: str, *, fix: bool) -> int:
+    """Compare the period with Stripe and print what disagrees; 1 if anything does."""
+    ledger = ReconcileLedger.sharing_pool_of(svc.ledger)
+    try:
+        result = await reconcile(ledger, make_stripe_client(svc.settings), period, fix=fix)
+    except stripe.AuthenticationError as err:
+        raise CliError(
+            f"Stripe refused the key ({err.user_message}); check STRIPE_API_KEY"
+        ) from err
+    except stripe.APIConnectionError as err:
+        raise CliError(f"cannot reach Stripe ({err.user_message}); check STRIPE_API_BASE") from err
+    print_reconciliation(result)
+    return EXIT_OK if result.clean else EXIT_DISCREPANCY
+
+
+def print_reconciliation(result: Comparison) -> None:
+    fixes = {f.intent_id: f.outcome for f in result.fixes}
+    if result.findings:
+        table = Table(title=f"reconcile {result.period}: {len(result.findings)} discrepancies")
+        for column in ("finding", "payment", "intent", "detail", "fix"):
+            table.add_column(column, no_wrap=True)
+        for f in result.findings:
+            fix = fixes.get(f.intent_id or "", "-")
+            table.add_row(f.kind.value, f.payment_id or "-", f.intent_id or "-", f.detail, fix)
+        # Ids are copied from here into other commands: never wrap or cut them.
+        Console(width=max(out.width, table_width(table)), soft_wrap=True).print(table)
+    summary = Table(title=f"reconcile {result.period}")
+    summary.add_column("what")
+    summary.add_column("count", justify="right")
+    summary.add_row("payments", str(result.payments))
+    summary.add_row("our PaymentIntents listed", str(result.intents))
+    summary.add_row("authorizations in their capture window", str(len(result.in_window)))
+    summary.add_row("authorizations being recorded", str(len(result.in_flight)))
+    for currency in sorted(set(result.stripe_captured) | set(result.ledger_succeeded)):
+        stripe_total = result.stripe_captured.get(currency, 0)
+        ledger_total = result.ledger_succeeded.get(currency, 0)
+        summary.add_row(
+            f"captured at Stripe / succeeded in ledger ({currency})",
+            f"{stripe_total} / {ledger_total}",
+        )
+    summary.add_row("discrepancies", str(len(result.findings)))
+    if result.fixes:
+        summary.add_row("orphans voided now", str(sum(f.resolved for f in result.fixes)))
+    summary.add_row("unresolved", str(len(result.unresolved)))
+    out.print(summary)
+    out.print("clean" if result.clean else "discrepancies found")
+
+
 async def import_customers(svc: Services, path: Path) -> None:
     try:
         customers = read_customers(path)
@@ -305,9 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
     report_cmd.add_argument("period", metavar="YYYY-MM")
     report_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     reconcile_cmd = commands.add_parser(
-        "reconcile", help="compare the ledger with Stripe (not available yet)"
+        "reconcile",
+        help="compare the ledger with Stripe; exit 0 clean, 1 on any discrepancy, 2 bad input",
     )
     reconcile_cmd.add_argument("period", metavar="YYYY-MM")
+    reconcile_cmd.add_argument(
+        "--fix",
+        action="store_true",
+        help="cancel orphan authorizations (never captured money) and record it",
+    )
     customers_cmd = commands.add_parser("customers", help="manage customers")
     customers_sub = customers_cmd.add_subparsers(dest="customers_command", required=True)
     import_cmd = customers_sub.add_parser("import", help="upsert customers from a CSV file")
@@ -317,8 +380,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def dispatch(args: argparse.Namespace, settings: Settings, client: Client | None) -> int:
-    if args.command == "reconcile":
-        raise CliError(f"`{args.command}` is not available yet")
     period = parse_period(args.period) if getattr(args, "period", None) else None
     capture_after = getattr(args, "capture_after", None)
     capture_delay = check_capture_delay(parse_duration(capture_after)) if capture_after else None
@@ -337,6 +398,9 @@ async def dispatch(args: argparse.Namespace, settings: Settings, client: Client 
             await report(svc, period, as_json=args.json)
         elif args.command == "status":
             await status(svc, args.payment_id)
+        elif args.command == "reconcile":
+            assert period is not None
+            return await reconcile_period(svc, period, fix=args.fix)
         elif args.command == "customers":
             await import_customers(svc, args.file)
         elif args.command == "demo":

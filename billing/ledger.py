@@ -288,3 +288,73 @@ def _payment_input(row: asyncpg.Record, policy: BillingPolicy) -> PaymentInput:
         payment_method_id=row["payment_method_id"],
         policy=policy,
     )
+
+
+# ----- reconcile: the ledger side of `starter.py reconcile` --------------------------------
+
+RECONCILE_PAYMENTS = """
+SELECT p.id::text, p.customer_id::text, p.billing_period, p.amount, p.currency, p.status,
+       p.stripe_payment_intent_id, p.amount_received, p.failure_code, p.failure_message,
+       p.generation, p.created_at, p.updated_at, c.stripe_customer_id
+FROM payments p JOIN customers c ON c.id = p.customer_id
+WHERE p.billing_period = $1
+ORDER BY p.created_at, p.id"""
+
+PAYMENTS_BY_IDS = f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = ANY($1::uuid[])"
+
+APPEND_RECONCILE_ACTION = """
+INSERT INTO reconcile_actions (billing_period, intent_id, payment_id, action, outcome, amount,
+                               currency)
+VALUES ($1, $2, $3, $4, $5, $6, $7)"""
+
+RECONCILE_ACTIONS_OF_PERIOD = """
+SELECT billing_period, intent_id, payment_id, action, outcome, amount, currency, occurred_at
+FROM reconcile_actions WHERE billing_period = $1 ORDER BY id"""
+
+
+class ReconcileLedger(Ledger):
+    """Reads for the comparison with Stripe, and the record of what `reconcile --fix` did."""
+
+    @classmethod
+    def sharing_pool_of(cls, ledger: Ledger) -> "ReconcileLedger":
+        return cls(ledger._pool)
+
+    async def period_payments_with_customers(self, period: str) -> list[tuple[PaymentRecord, str]]:
+        """The period's payments, each with its customer's Stripe id."""
+        rows = await self._pool.fetch(RECONCILE_PAYMENTS, period)
+        return [
+            (
+                PaymentRecord(**{k: v for k, v in r.items() if k != "stripe_customer_id"}),
+                r["stripe_customer_id"],
+            )
+            for r in rows
+        ]
+
+    async def payments_by_ids(self, ids: Iterable[str]) -> dict[str, PaymentRecord]:
+        """Known payments among `ids`, which must all be UUIDs."""
+        rows = await self._pool.fetch(PAYMENTS_BY_IDS, sorted(set(ids)))
+        return {r["id"]: PaymentRecord(**dict(r)) for r in rows}
+
+    async def record_reconcile_action(
+        self,
+        period: str,
+        intent_id: str,
+        payment_id: str | None,
+        action: str,
+        outcome: str,
+        amount: int | None,
+        currency: str | None,
+    ) -> None:
+        await self._pool.execute(
+            APPEND_RECONCILE_ACTION,
+            period,
+            intent_id,
+            payment_id,
+            action,
+            outcome,
+            amount,
+            currency,
+        )
+
+    async def reconcile_actions(self, period: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self._pool.fetch(RECONCILE_ACTIONS_OF_PERIOD, period)]

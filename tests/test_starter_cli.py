@@ -53,10 +53,6 @@ def test_a_bad_period_is_refused(period: str) -> None:
     assert "invalid billing period" in one_line_error(starter("bill", period))
 
 
-def test_reconcile_says_it_is_not_available_yet() -> None:
-    assert "not available yet" in one_line_error(starter("reconcile", "2026-11"))
-
-
 def test_an_unreachable_database_is_a_clear_error() -> None:
     closed = f"postgresql://postgres@127.0.0.1:{free_port()}/billing"
     error = one_line_error(starter("report", "2026-11", DATABASE_URL=closed))
