@@ -1,0 +1,212 @@
+"""Pieces of the crash tests: the real worker as a process, kill points on the database side,
+and playing the server's timeouts for a worker that died."""
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.workflowservice.v1 import ResetStickyTaskQueueRequest
+from temporalio.client import Client, WorkflowHandle
+from temporalio.exceptions import ApplicationError
+
+from billing.constants import PaymentStatus
+from billing.ledger import Ledger
+from billing.models import NewCustomer
+from billing.settings import Settings
+from billing.stripe_client import make_stripe_client
+
+ROOT = Path(__file__).resolve().parents[2]
+# The advisory lock a trapped ledger transition waits on while the test holds it.
+TRAP_LOCK = 0x74726170
+WAIT_STEP_S = 0.05
+WAIT_STEPS = 1200  # one minute
+
+
+def worker_env(settings: Settings, temporal_address: str) -> dict[str, str]:
+    assert settings.database_url and settings.stripe_api_base
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "STRIPE_API_KEY": settings.resolved_stripe_key(),
+        "STRIPE_API_BASE": settings.stripe_api_base,
+        "TASK_QUEUE": settings.task_queue,
+        "TEMPORAL_ADDRESS": temporal_address,
+    }
+
+
+class WorkerProcesses:
+    """`python worker.py` processes, one after another; every one is gone at the end."""
+
+    def __init__(self, environ: dict[str, str], log_dir: Path) -> None:
+        self.environ = environ
+        self.log_dir = log_dir
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        log = self.log_dir / f"worker-{len(self.started) + 1}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "worker.py"], cwd=ROOT, env=self.environ, stdout=out, stderr=out
+            )
+        self.started.append(process)
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
+            for log in sorted(self.log_dir.glob("worker-*.log"))
+        )
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=30)
+
+
+@contextmanager
+def worker_processes(environ: dict[str, str], log_dir: Path) -> Iterator[WorkerProcesses]:
+    workers = WorkerProcesses(environ, log_dir)
+    try:
+        yield workers
+    finally:
+        workers.stop_all()
+
+
+async def add_customer(pool: asyncpg.Pool, settings: Settings, card: str) -> None:
+    """One customer whose card is `card`, in Stripe (the sandbox) and in the ledger."""
+    client = make_stripe_client(settings)
+    email = f"crash-{uuid.uuid4().hex[:8]}@example.com"
+    customer = await client.v1.customers.create_async({"email": email})
+    method = await client.v1.payment_methods.attach_async(card, {"customer": customer.id})
+    await Ledger(pool).upsert_customers(
+        [
+            NewCustomer(
+                email=email,
+                stripe_customer_id=customer.id,
+                payment_method_id=method.id,
+                monthly_amount=4200,
+                currency="usd",
+            )
+        ]
+    )
+
+
+async def payment_status(pool: asyncpg.Pool, payment_id: str) -> PaymentStatus:
+    status = await pool.fetchval("SELECT status FROM payments WHERE id = $1::uuid", payment_id)
+    return PaymentStatus(status)
+
+
+async def wait_for_status(pool: asyncpg.Pool, payment_id: str, status: PaymentStatus) -> None:
+    for _ in range(WAIT_STEPS):
+        if await payment_status(pool, payment_id) == status:
+            return
+        await asyncio.sleep(WAIT_STEP_S)
+    raise TimeoutError(f"payment {payment_id} never reached {status}")
+
+
+# A test-installed trap: a transition of `payments` whose (from, to) is listed in `crash_trap`
+# waits on TRAP_LOCK, either before the UPDATE ("before") or at COMMIT ("after": a deferred
+# constraint trigger, so the transition commits once released, whatever happened to the client).
+INSTALL_TRAP = """
+CREATE TABLE crash_trap (from_status text NOT NULL, to_status text NOT NULL, phase text NOT NULL);
+
+CREATE FUNCTION crash_trap_wait() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT FROM crash_trap WHERE from_status = OLD.status AND to_status = NEW.status
+               AND phase = TG_ARGV[0]) THEN
+        PERFORM pg_advisory_xact_lock(TG_ARGV[1]::bigint);
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER crash_trap_before BEFORE UPDATE ON payments
+    FOR EACH ROW EXECUTE FUNCTION crash_trap_wait('before', '{lock}');
+
+CREATE CONSTRAINT TRIGGER crash_trap_after AFTER UPDATE ON payments
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION crash_trap_wait('after', '{lock}');
+""".replace("{lock}", str(TRAP_LOCK))
+
+TRAPPED_BACKEND = """
+SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()
+  AND ((l.classid::bigint << 32) | l.objid::bigint) = $1"""
+
+BACKEND_ALIVE = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1"
+
+
+class LedgerTrap:
+    """Holds TRAP_LOCK on its own connection, so that the armed transition waits on it."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._conn: asyncpg.Connection | None = None
+
+    async def arm(self, source: PaymentStatus, target: PaymentStatus, phase: str) -> None:
+        conn = await asyncpg.connect(self.database_url)
+        self._conn = conn
+        await conn.execute(INSTALL_TRAP)
+        await conn.execute(
+            "INSERT INTO crash_trap VALUES ($1, $2, $3)", source.value, target.value, phase
+        )
+        await conn.execute("SELECT pg_advisory_lock($1)", TRAP_LOCK)
+
+    async def wait_until_trapped(self) -> int:
+        """The pid of the backend that waits in the trap."""
+        assert self._conn is not None
+        for _ in range(WAIT_STEPS):
+            pid = await self._conn.fetchval(TRAPPED_BACKEND, TRAP_LOCK)
+            if pid is not None:
+                return int(pid)
+            await asyncio.sleep(WAIT_STEP_S)
+        raise TimeoutError("no ledger transition reached the trap")
+
+    async def release(self, backend: int) -> None:
+        """Disarm, let the trapped backend go on, and wait until it noticed its client died."""
+        assert self._conn is not None
+        await self._conn.execute("DELETE FROM crash_trap")
+        await self._conn.execute("SELECT pg_advisory_unlock($1)", TRAP_LOCK)
+        for _ in range(WAIT_STEPS):
+            if not await self._conn.fetchval(BACKEND_ALIVE, backend):
+                return
+            await asyncio.sleep(WAIT_STEP_S)
+        raise TimeoutError(f"backend {backend} outlived its killed client")
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+
+async def play_the_servers_timeouts(client: Client, handle: WorkflowHandle[object, object]) -> int:
+    """Do now what the server does by itself once a dead worker's timeouts pass.
+
+    The killed worker's started activity attempt is failed, as its start_to_close timeout
+    (30 s for Stripe, 15 s for the ledger) would fail it, and the engine retries it under the
+    same input; the workflow's sticky queue is reset, as its 5 s schedule-to-start timeout would.
+    Returns how many attempts it failed.
+    """
+    await client.workflow_service.reset_sticky_task_queue(
+        ResetStickyTaskQueueRequest(
+            namespace=client.namespace, execution=WorkflowExecution(workflow_id=handle.id)
+        )
+    )
+    description = await handle.describe()
+    failed = 0
+    for pending in description.raw_description.pending_activities:
+        if pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED:
+            activity = client.get_async_activity_handle(
+                workflow_id=handle.id, run_id=description.run_id, activity_id=pending.activity_id
+            )
+            await activity.fail(ApplicationError("the worker running this attempt was killed"))
+            failed += 1
+    return failed
