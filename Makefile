@@ -45,3 +45,10 @@ bench-sandbox: venv
 
 clean: down
 	rm -rf .data
+
+# Chaos soak: N payments (default 500) while the worker is SIGKILLed every few seconds,
+# PostgreSQL and the Temporal dev server restart and the sandbox injects faults; exits 1 on any
+# double charge, lost or stuck payment or orphan. `make chaos N=60` for a short run.
+.PHONY: chaos
+chaos: venv
+	$(PY) -m bench.chaos $(if $(filter command line environment,$(origin N)),--n $(N))

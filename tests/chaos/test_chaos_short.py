@@ -1,0 +1,35 @@
+"""A short chaos soak (`python -m bench.chaos --n 60`) as part of `make test`."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHORT_N = 60
+SOAK_TIMEOUT_S = 600
+
+
+@pytest.mark.timeout(SOAK_TIMEOUT_S + 60)
+def test_a_short_chaos_soak_loses_nothing_and_charges_once() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.chaos", "--n", str(SHORT_N), "--chaos-seconds", "35"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SOAK_TIMEOUT_S,
+        check=False,
+    )
+    report = result.stdout + result.stderr[-5000:]
+    assert result.returncode == 0, report
+    rows = {
+        cells[0]: cells[1]
+        for line in result.stdout.splitlines()
+        if (cells := [c.strip() for c in line.strip("│ ").split("│")]) and len(cells) == 2
+    }
+    for zero in ("double charges", "lost payments", "stuck payments", "orphan authorizations"):
+        assert rows[zero] == "0", report
+    assert rows["reconcile"] == "clean", report
+    assert int(rows["worker SIGKILLs"]) >= 1, report
+    assert int(rows["PostgreSQL restarts"]) >= 2 and int(rows["Temporal restarts"]) >= 1, report
