@@ -22,7 +22,7 @@ from billing.models import (
     RecordCancellationInput,
 )
 from tests.stubs import StubActivities, business_error, declined, payment_input
-from workflows.payment import PaymentWorkflow
+from workflows.payment import MAX_RESENDS, PaymentWorkflow
 
 DUNNING = (timedelta(days=1), timedelta(days=3), timedelta(days=5))
 WAIT = 30  # seconds, for a stub activity to be reached
@@ -298,3 +298,18 @@ async def test_a_poisoned_capture_key_is_resent_under_a_new_key(
     prefix = f"pay_{payment.payment_id}"
     assert result.status == PaymentStatus.SUCCEEDED
     assert stubs.keys("capture") == [f"{prefix}_capture_1", f"{prefix}_capture_1_r1"]
+
+
+async def test_answers_lost_again_and_again_end_the_payment(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    stubs = StubActivities(
+        authorize_errors=[business_error(ErrorType.STRIPE_OUTCOME_UNKNOWN)] * (MAX_RESENDS + 1)
+    )
+    payment = payment_input()
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    assert result.status == PaymentStatus.FAILED
+    assert result.failure_code == ErrorType.STRIPE_OUTCOME_UNKNOWN
+    assert len(stubs.inputs("authorize")) == MAX_RESENDS + 1
+    assert len(stubs.inputs("find_authorization")) == MAX_RESENDS

@@ -64,7 +64,8 @@ LEDGER_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     non_retryable_error_types=NON_RETRYABLE,
 )
-# New keys for one capture or void whose earlier keys Stripe poisoned with a stored 500.
+# New keys for one call whose earlier keys Stripe poisoned with a stored 500. For authorize
+# each is a new generation, after converging found no authorization to adopt.
 MAX_RESENDS = 5
 # How far back to list the customer's PaymentIntents when converging.
 CONVERGE_LOOKBACK = timedelta(days=1)
@@ -99,6 +100,8 @@ class PaymentWorkflow:
         self._payment_method = input.payment_method_id
         self._payment_method_updated = False
         self._cancel_requested = False
+        self._dunning_attempts = 0
+        self._lost_answers = 0
         self._result: PaymentResult | None = None
 
     @workflow.query(name="current_step")
@@ -146,7 +149,6 @@ class PaymentWorkflow:
 
     async def _charge(self) -> PaymentResult:
         policy = self._input.policy
-        dunning_attempts = 0
         reauthorized = False
         window_done = policy.capture_delay <= timedelta(0)
         authorization: Authorization | None = None
@@ -156,19 +158,10 @@ class PaymentWorkflow:
             if authorization is None:
                 outcome = await self._authorize()
                 if isinstance(outcome, ApplicationError):
-                    decline = decline_of(outcome)
-                    if outcome.type == ErrorType.STRIPE_OUTCOME_UNKNOWN:
-                        authorization = await self._new_generation("authorize_outcome_unknown")
-                        continue
-                    if not self._may_retry(decline, dunning_attempts):
-                        return await self._fail(outcome, intent_id=None)
-                    assert decline is not None
-                    await self._wait_to_retry(decline, dunning_attempts)
-                    dunning_attempts += 1
-                    if self._cancel_requested:
-                        return await self._cancel(intent_id=None)
-                    reason = "payment_method_updated" if self._payment_method_updated else "dunning"
-                    authorization = await self._new_generation(reason)
+                    recovered = await self._recover(outcome)
+                    if isinstance(recovered, PaymentResult):
+                        return recovered
+                    authorization = recovered
                     continue
                 authorization = outcome
 
@@ -247,12 +240,27 @@ class PaymentWorkflow:
                 raise
             return failure
 
-    def _may_retry(self, decline: Decline | None, attempts_so_far: int) -> bool:
-        if decline is None or (decline.decline_code or decline.code) not in SOFT_DECLINE_CODES:
-            return False
-        return attempts_so_far < len(self._input.policy.dunning_schedule)
+    async def _recover(self, failure: ApplicationError) -> Authorization | PaymentResult | None:
+        """After an authorization failed: adopt what Stripe holds, retry on the dunning
+        schedule (None: authorize again), or end the payment."""
+        if failure.type == ErrorType.STRIPE_OUTCOME_UNKNOWN and self._lost_answers < MAX_RESENDS:
+            self._lost_answers += 1
+            return await self._new_generation("authorize_outcome_unknown")
+        decline = decline_of(failure)
+        if decline is None or not self._may_retry(decline):
+            return await self._fail(failure, intent_id=None)
+        await self._wait_to_retry(decline)
+        if self._cancel_requested:
+            return await self._cancel(intent_id=None)
+        reason = "payment_method_updated" if self._payment_method_updated else "dunning"
+        return await self._new_generation(reason)
 
-    async def _wait_to_retry(self, decline: Decline, attempt: int) -> None:
+    def _may_retry(self, decline: Decline) -> bool:
+        if (decline.decline_code or decline.code) not in SOFT_DECLINE_CODES:
+            return False
+        return self._dunning_attempts < len(self._input.policy.dunning_schedule)
+
+    async def _wait_to_retry(self, decline: Decline) -> None:
         """Record the soft decline, then sleep until the next dunning time, a new payment
         method or a cancel, whichever comes first."""
         self._step = "record_decline"
@@ -266,6 +274,8 @@ class PaymentWorkflow:
         )
         self._set_status(PaymentStatus.RETRYING)
         schedule = self._input.policy.dunning_schedule
+        attempt = self._dunning_attempts
+        self._dunning_attempts += 1
         wait = schedule[attempt] - (schedule[attempt - 1] if attempt else timedelta(0))
         self._step = "waiting_to_retry"
         await wait_until(
