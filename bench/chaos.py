@@ -91,6 +91,9 @@ class Config:
     error_before_share: float = 0.03
     drop_after_share: float = 0.03
     error_after_share: float = 0.02
+    # Another system on the same Stripe account reads this often, so that our own requests
+    # meet the account's 25 requests/s limit (one worker on 2 cores stays below it alone).
+    neighbour_rps: float = 20.0
     keep: bool = False
 
 
@@ -102,6 +105,8 @@ class Tally:
     pg_restarts: int = 0
     temporal_restarts: int = 0
     cancels_sent: int = 0
+    neighbour_requests: int = 0
+    neighbour_429s: int = 0
     events: list[str] = field(default_factory=list)
 
 
@@ -296,7 +301,12 @@ class Soak:
             # The first worker meets a backlog, as after an outage: a burst into the rate limit.
             workers.start()
             self.note("billed; chaos begins")
-            cancelled = await self._chaos(pool, client, workers, cards)
+            neighbour = asyncio.create_task(self._neighbour(make_stripe_client(settings)))
+            try:
+                cancelled = await self._chaos(pool, client, workers, cards)
+            finally:
+                neighbour.cancel()
+                await asyncio.gather(neighbour, return_exceptions=True)
             self.note("chaos over; one worker finishes what is left")
             stuck = await self._settle(pool, workers)
             workers.stop()
@@ -351,6 +361,21 @@ class Soak:
             await asyncio.sleep(TICK_S)
         self.note(f"{self.tally.kills} kills so far, {remaining} payments open")
         return cancelled
+
+    async def _neighbour(self, client: stripe.StripeClient) -> None:
+        """Reads by another system sharing the account, until cancelled."""
+        customers = self.stack.sandbox.customers()
+        gap = 1 / self.config.neighbour_rps
+        while customers:
+            customer = self.rng.choice(customers)["id"]
+            self.tally.neighbour_requests += 1
+            try:
+                await client.v1.customers.retrieve_async(customer)
+            except stripe.RateLimitError:
+                self.tally.neighbour_429s += 1
+            except stripe.StripeError:
+                pass  # the sandbox's faults hit the neighbour too
+            await asyncio.sleep(gap)
 
     def _kill_gap(self) -> float:
         return self.config.kill_every_s * self.rng.uniform(0.5, 1.5)
@@ -442,7 +467,12 @@ class Soak:
         table.add_row("Temporal restarts", str(self.tally.temporal_restarts))
         for kind, count in sorted(stats["faults"].items()):
             table.add_row(f"faults: {kind}", str(count))
-        table.add_row("faults: 429 rate limited", str(stats["rate_limited"]))
+        ours = stats["rate_limited"] - self.tally.neighbour_429s
+        table.add_row("faults: 429 rate limited (worker)", str(ours))
+        table.add_row(
+            "neighbour reads (429s)",
+            f"{self.tally.neighbour_requests} ({self.tally.neighbour_429s})",
+        )
         table.add_row("Stripe requests", str(stats["requests"]))
         table.add_row("captured at Stripe (minor units)", str(stripe_total))
         table.add_row("succeeded in ledger (minor units)", str(ledger_total))
@@ -498,6 +528,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
 def main(argv: list[str] | None = None) -> None:
     # PostgreSQL restarts on purpose; the pool's reconnect warnings would only be noise.
     logging.getLogger("asyncpg.pool").setLevel(logging.CRITICAL)
+    # A worker killed mid-request leaves the sandbox a half-sent body: expected, not news.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     sys.exit(asyncio.run(Soak(parse_args(argv)).run()))
 
 
