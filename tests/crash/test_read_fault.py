@@ -1,0 +1,47 @@
+"""A 500 on a read (no idempotency key, nothing stored) must be retried, not end the workflow.
+
+Found by the chaos soak: the sandbox's `error_after` on `payment_intents.list` answers 500 with
+`Stripe-Should-Retry: false`. `find_authorization` takes that as a stored server error
+(`StripeOutcomeUnknown`, non-retryable), the converge step does not expect it, and the workflow
+fails while the payment stays `retrying` for good: a stuck payment.
+"""
+
+import asyncio
+
+import asyncpg
+import pytest
+from temporalio.client import WorkflowFailureError
+from temporalio.testing import WorkflowEnvironment
+
+from billing.constants import PaymentStatus, workflow_id
+from billing.ledger import Ledger
+from billing.models import PaymentResult
+from billing.settings import Settings
+from starter import execute
+from stripe_sandbox import FaultRule, Sandbox
+from tests.crash.harness import add_customer
+from tests.support import running_worker
+
+PERIOD = "2026-11"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=WorkflowFailureError,
+    reason="find_authorization treats a 500 with Stripe-Should-Retry: false on a list (a read, "
+    "nothing stored) as StripeOutcomeUnknown; the workflow fails, the payment stays retrying",
+)
+async def test_a_read_error_while_converging_is_retried(
+    temporal_env: WorkflowEnvironment, pool: asyncpg.Pool, sandbox: Sandbox, settings: Settings
+) -> None:
+    await add_customer(pool, settings, "pm_card_chargeDeclinedInsufficientFunds")
+    sandbox.add_fault(FaultRule("error_after", endpoint="payment_intents.list", nth=1))
+    client = temporal_env.client
+    async with running_worker(settings, client):
+        assert await execute(["bill", PERIOD], settings, client) == 0
+        [payment] = await Ledger(pool).period_payments(PERIOD)
+        handle = client.get_workflow_handle(workflow_id(payment.id), result_type=PaymentResult)
+        async with asyncio.timeout(60):
+            result = await handle.result()
+    assert result.status == PaymentStatus.FAILED
+    assert result.failure_code == "insufficient_funds"
