@@ -42,8 +42,11 @@ def rate_limit_delay(err: stripe.RateLimitError) -> timedelta:
     return timedelta(seconds=min(2 ** (attempt - 1), 30) * random.uniform(0.5, 1.0))
 
 
-def business_failure(err: stripe.StripeError) -> ApplicationError | None:
+def business_failure(err: stripe.StripeError, *, keyed: bool = True) -> ApplicationError | None:
     """The failure a Stripe error stands for, or None to let the engine retry it as it is.
+
+    `keyed` is False for reads: they carry no idempotency key, so nothing is stored and a 5xx
+    is always worth retrying.
 
     Network errors, 5xx, 409 (a concurrent request under the same key) and 429 are transient
     and retried with the same key; a 429 never fails a payment. Auth errors are retried too,
@@ -76,7 +79,7 @@ def business_failure(err: stripe.StripeError) -> ApplicationError | None:
             type=ErrorType.STRIPE_REJECTED,
             non_retryable=True,
         )
-    if stored_server_error(err):
+    if keyed and stored_server_error(err):
         return ApplicationError(
             f"Stripe stored a server error under this key: {err.user_message}",
             type=ErrorType.STRIPE_OUTCOME_UNKNOWN,
@@ -194,7 +197,7 @@ class StripeActivities:
                     break
                 params["starting_after"] = page.data[-1].id
         except stripe.StripeError as err:
-            raise business_failure(err) or err from err
+            raise business_failure(err, keyed=False) or err from err
         if len(found) > 1:
             ids = ", ".join(i.id for i in found)
             raise ApplicationError(
@@ -212,4 +215,4 @@ class StripeActivities:
         try:
             return await self._client.v1.payment_intents.retrieve_async(intent_id)
         except stripe.StripeError as err:
-            raise business_failure(err) or err from err
+            raise business_failure(err, keyed=False) or err from err

@@ -1,16 +1,14 @@
 """A 500 on a read (no idempotency key, nothing stored) must be retried, not end the workflow.
 
 Found by the chaos soak: the sandbox's `error_after` on `payment_intents.list` answers 500 with
-`Stripe-Should-Retry: false`. `find_authorization` takes that as a stored server error
-(`StripeOutcomeUnknown`, non-retryable), the converge step does not expect it, and the workflow
-fails while the payment stays `retrying` for good: a stuck payment.
+`Stripe-Should-Retry: false`. `find_authorization` took that as a stored server error
+(`StripeOutcomeUnknown`, non-retryable), and the workflow failed while the payment stayed
+`retrying` for good. Reads carry no idempotency key, so their 5xx are now always retried.
 """
 
 import asyncio
 
 import asyncpg
-import pytest
-from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
 from billing.constants import PaymentStatus, workflow_id
@@ -25,12 +23,6 @@ from tests.support import running_worker
 PERIOD = "2026-11"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=WorkflowFailureError,
-    reason="find_authorization treats a 500 with Stripe-Should-Retry: false on a list (a read, "
-    "nothing stored) as StripeOutcomeUnknown; the workflow fails, the payment stays retrying",
-)
 async def test_a_read_error_while_converging_is_retried(
     temporal_env: WorkflowEnvironment, pool: asyncpg.Pool, sandbox: Sandbox, settings: Settings
 ) -> None:
