@@ -58,7 +58,6 @@ STRIPE_KEY = "sk_test_chaos"
 VISA = "pm_card_visa"
 HARD_DECLINE = "pm_card_chargeDeclined"
 SOFT_DECLINE = "pm_card_chargeDeclinedInsufficientFunds"
-WRITES = ("payment_intents.create", "payment_intents.capture", "payment_intents.cancel")
 SEED_CONCURRENCY = 16
 TICK_S = 0.2
 RUNNING = f'TaskQueue="{TASK_QUEUE}" AND ExecutionStatus="Running"'
@@ -233,12 +232,7 @@ def add_faults(sandbox: Sandbox, config: Config) -> None:
     )
     sandbox.add_fault(FaultRule("error_before", probability=config.error_before_share))
     sandbox.add_fault(FaultRule("drop_after", probability=config.drop_after_share))
-    # error_after only where a key stores it: on a read the sandbox still says
-    # Stripe-Should-Retry: false, which the activities wrongly take as final (docs/reliability.md).
-    for endpoint in WRITES:
-        sandbox.add_fault(
-            FaultRule("error_after", endpoint=endpoint, probability=config.error_after_share)
-        )
+    sandbox.add_fault(FaultRule("error_after", probability=config.error_after_share))
     sandbox.rate_limits = True
 
 

@@ -1,9 +1,13 @@
 """Helpers shared by the integration tests."""
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 from stripe import StripeClient
@@ -14,6 +18,8 @@ from billing.models import NewCustomer
 from billing.settings import Settings
 from stripe_sandbox import Sandbox
 from worker import run_worker
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @asynccontextmanager
@@ -52,3 +58,54 @@ async def add_customer(
 def intents_of(sandbox: Sandbox, payment_id: str) -> list[dict[str, Any]]:
     """The sandbox's PaymentIntents created for one payment, oldest first."""
     return [i for i in sandbox.payment_intents() if i["metadata"].get("payment_id") == payment_id]
+
+
+def worker_env(settings: Settings, temporal_address: str) -> dict[str, str]:
+    assert settings.database_url and settings.stripe_api_base
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "STRIPE_API_KEY": settings.resolved_stripe_key(),
+        "STRIPE_API_BASE": settings.stripe_api_base,
+        "TASK_QUEUE": settings.task_queue,
+        "TEMPORAL_ADDRESS": temporal_address,
+    }
+
+
+class WorkerProcesses:
+    """`python worker.py` processes, one after another; every one is gone at the end."""
+
+    def __init__(self, environ: dict[str, str], log_dir: Path) -> None:
+        self.environ = environ
+        self.log_dir = log_dir
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        log = self.log_dir / f"worker-{len(self.started) + 1}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "worker.py"], cwd=ROOT, env=self.environ, stdout=out, stderr=out
+            )
+        self.started.append(process)
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
+            for log in sorted(self.log_dir.glob("worker-*.log"))
+        )
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=30)
+
+
+@contextmanager
+def worker_processes(environ: dict[str, str], log_dir: Path) -> Iterator[WorkerProcesses]:
+    workers = WorkerProcesses(environ, log_dir)
+    try:
+        yield workers
+    finally:
+        workers.stop_all()

@@ -2,13 +2,6 @@
 and playing the server's timeouts for a worker that died."""
 
 import asyncio
-import os
-import subprocess
-import sys
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import asyncpg
 from temporalio.api.common.v1 import WorkflowExecution
@@ -18,86 +11,11 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
 from billing.constants import PaymentStatus
-from billing.ledger import Ledger
-from billing.models import NewCustomer
-from billing.settings import Settings
-from billing.stripe_client import make_stripe_client
 
-ROOT = Path(__file__).resolve().parents[2]
 # The advisory lock a trapped ledger transition waits on while the test holds it.
 TRAP_LOCK = 0x74726170
 WAIT_STEP_S = 0.05
 WAIT_STEPS = 1200  # one minute
-
-
-def worker_env(settings: Settings, temporal_address: str) -> dict[str, str]:
-    assert settings.database_url and settings.stripe_api_base
-    return {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "STRIPE_API_KEY": settings.resolved_stripe_key(),
-        "STRIPE_API_BASE": settings.stripe_api_base,
-        "TASK_QUEUE": settings.task_queue,
-        "TEMPORAL_ADDRESS": temporal_address,
-    }
-
-
-class WorkerProcesses:
-    """`python worker.py` processes, one after another; every one is gone at the end."""
-
-    def __init__(self, environ: dict[str, str], log_dir: Path) -> None:
-        self.environ = environ
-        self.log_dir = log_dir
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> subprocess.Popen[bytes]:
-        log = self.log_dir / f"worker-{len(self.started) + 1}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "worker.py"], cwd=ROOT, env=self.environ, stdout=out, stderr=out
-            )
-        self.started.append(process)
-        return process
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
-            for log in sorted(self.log_dir.glob("worker-*.log"))
-        )
-
-    def stop_all(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=30)
-
-
-@contextmanager
-def worker_processes(environ: dict[str, str], log_dir: Path) -> Iterator[WorkerProcesses]:
-    workers = WorkerProcesses(environ, log_dir)
-    try:
-        yield workers
-    finally:
-        workers.stop_all()
-
-
-async def add_customer(pool: asyncpg.Pool, settings: Settings, card: str) -> None:
-    """One customer whose card is `card`, in Stripe (the sandbox) and in the ledger."""
-    client = make_stripe_client(settings)
-    email = f"crash-{uuid.uuid4().hex[:8]}@example.com"
-    customer = await client.v1.customers.create_async({"email": email})
-    method = await client.v1.payment_methods.attach_async(card, {"customer": customer.id})
-    await Ledger(pool).upsert_customers(
-        [
-            NewCustomer(
-                email=email,
-                stripe_customer_id=customer.id,
-                payment_method_id=method.id,
-                monthly_amount=4200,
-                currency="usd",
-            )
-        ]
-    )
 
 
 async def payment_status(pool: asyncpg.Pool, payment_id: str) -> PaymentStatus:

@@ -22,17 +22,16 @@ from billing.constants import PaymentStatus, workflow_id
 from billing.ledger import Ledger
 from billing.models import PaymentResult
 from billing.settings import Settings
+from billing.stripe_client import make_stripe_client
 from starter import execute
 from stripe_sandbox import FaultRule, RequestInfo, Sandbox
 from tests.crash.harness import (
     LedgerTrap,
-    add_customer,
     payment_status,
     play_the_servers_timeouts,
     wait_for_status,
-    worker_env,
-    worker_processes,
 )
+from tests.support import add_customer, worker_env, worker_processes
 
 PERIOD = "2026-11"
 VISA = "pm_card_visa"
@@ -124,7 +123,7 @@ async def test_sigkill_at(
     tmp_path: Path,
 ) -> None:
     client = temporal_env.client
-    await add_customer(pool, settings, case.card)
+    await add_customer(Ledger(pool), make_stripe_client(settings), case.card)
     environ = worker_env(settings, client.service_client.config.target_host)
     trap = LedgerTrap(database_url)
     with worker_processes(environ, tmp_path) as workers:

@@ -15,10 +15,10 @@ from billing.constants import PaymentStatus, workflow_id
 from billing.ledger import Ledger
 from billing.models import PaymentResult
 from billing.settings import Settings
+from billing.stripe_client import make_stripe_client
 from starter import execute
 from stripe_sandbox import FaultRule, Sandbox
-from tests.crash.harness import add_customer
-from tests.support import running_worker
+from tests.support import add_customer, running_worker
 
 PERIOD = "2026-11"
 
@@ -26,7 +26,9 @@ PERIOD = "2026-11"
 async def test_a_read_error_while_converging_is_retried(
     temporal_env: WorkflowEnvironment, pool: asyncpg.Pool, sandbox: Sandbox, settings: Settings
 ) -> None:
-    await add_customer(pool, settings, "pm_card_chargeDeclinedInsufficientFunds")
+    await add_customer(
+        Ledger(pool), make_stripe_client(settings), "pm_card_chargeDeclinedInsufficientFunds"
+    )
     sandbox.add_fault(FaultRule("error_after", endpoint="payment_intents.list", nth=1))
     client = temporal_env.client
     async with running_worker(settings, client):
