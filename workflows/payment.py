@@ -6,9 +6,10 @@ authorization expired before capture. Before any new key generation the payment 
 Stripe's true state, so it never holds two capturable authorizations.
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from datetime import timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -47,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 NON_RETRYABLE = [t.value for t in ErrorType]
+LedgerInput = TypeVar("LedgerInput")
 
 # Stripe: retried without limit, each attempt under the same idempotency key. The attempt
 # timeout is short so that a crashed worker's call is re-run quickly.
@@ -167,17 +169,15 @@ class PaymentWorkflow:
 
             intent_id = authorization.intent_id
             self._step = "record_authorization"
-            await workflow.execute_activity_method(
+            await self._move(
                 LedgerActivities.record_authorization,
                 RecordAuthorizationInput(
                     payment_id=self._input.payment_id,
                     intent_id=intent_id,
                     generation=self._generation,
                 ),
-                start_to_close_timeout=LEDGER_TIMEOUT,
-                retry_policy=LEDGER_RETRY,
+                PaymentStatus.AUTHORIZED,
             )
-            self._set_status(PaymentStatus.AUTHORIZED)
 
             if not window_done:
                 self._step = "capture_window"
@@ -197,17 +197,15 @@ class PaymentWorkflow:
                 return await self._fail(captured, intent_id=intent_id)
 
             self._step = "finalize"
-            await workflow.execute_activity_method(
+            await self._move(
                 LedgerActivities.finalize,
                 FinalizeInput(
                     payment_id=self._input.payment_id,
                     intent_id=intent_id,
                     amount_received=captured.amount_received,
                 ),
-                start_to_close_timeout=LEDGER_TIMEOUT,
-                retry_policy=LEDGER_RETRY,
+                PaymentStatus.SUCCEEDED,
             )
-            self._set_status(PaymentStatus.SUCCEEDED)
             return PaymentResult(
                 payment_id=self._input.payment_id,
                 status=PaymentStatus.SUCCEEDED,
@@ -264,15 +262,13 @@ class PaymentWorkflow:
         """Record the soft decline, then sleep until the next dunning time, a new payment
         method or a cancel, whichever comes first."""
         self._step = "record_decline"
-        await workflow.execute_activity_method(
+        await self._move(
             LedgerActivities.record_decline,
             RecordDeclineInput(
                 payment_id=self._input.payment_id, generation=self._generation, decline=decline
             ),
-            start_to_close_timeout=LEDGER_TIMEOUT,
-            retry_policy=LEDGER_RETRY,
+            PaymentStatus.RETRYING,
         )
-        self._set_status(PaymentStatus.RETRYING)
         schedule = self._input.policy.dunning_schedule
         attempt = self._dunning_attempts
         self._dunning_attempts += 1
@@ -304,15 +300,13 @@ class PaymentWorkflow:
             return existing
         self._generation += 1
         self._step = "begin_attempt"
-        await workflow.execute_activity_method(
+        await self._move(
             LedgerActivities.begin_attempt,
             BeginAttemptInput(
                 payment_id=self._input.payment_id, generation=self._generation, reason=reason
             ),
-            start_to_close_timeout=LEDGER_TIMEOUT,
-            retry_policy=LEDGER_RETRY,
+            PaymentStatus.PENDING,
         )
-        self._set_status(PaymentStatus.PENDING)
         return None
 
     async def _capture(self, intent_id: str) -> Capture | ApplicationError:
@@ -365,13 +359,11 @@ class PaymentWorkflow:
             self._step = "void"
             await self._void(intent_id)
         self._step = "record_cancellation"
-        await workflow.execute_activity_method(
+        await self._move(
             LedgerActivities.record_cancellation,
             RecordCancellationInput(payment_id=self._input.payment_id, intent_id=intent_id),
-            start_to_close_timeout=LEDGER_TIMEOUT,
-            retry_policy=LEDGER_RETRY,
+            PaymentStatus.CANCELLED,
         )
-        self._set_status(PaymentStatus.CANCELLED)
         return PaymentResult(
             payment_id=self._input.payment_id,
             status=PaymentStatus.CANCELLED,
@@ -386,7 +378,7 @@ class PaymentWorkflow:
             code = decline.decline_code or decline.code
             intent_id = intent_id or decline.intent_id
         self._step = "record_failure"
-        await workflow.execute_activity_method(
+        await self._move(
             LedgerActivities.record_failure,
             RecordFailureInput(
                 payment_id=self._input.payment_id,
@@ -394,10 +386,8 @@ class PaymentWorkflow:
                 failure_message=failure.message,
                 intent_id=intent_id,
             ),
-            start_to_close_timeout=LEDGER_TIMEOUT,
-            retry_policy=LEDGER_RETRY,
+            PaymentStatus.FAILED,
         )
-        self._set_status(PaymentStatus.FAILED)
         return PaymentResult(
             payment_id=self._input.payment_id,
             status=PaymentStatus.FAILED,
@@ -405,5 +395,14 @@ class PaymentWorkflow:
             failure_code=code,
         )
 
-    def _set_status(self, status: PaymentStatus) -> None:
+    async def _move(
+        self,
+        activity: Callable[[LedgerActivities, LedgerInput], Awaitable[None]],
+        input: LedgerInput,
+        status: PaymentStatus,
+    ) -> None:
+        """Record a transition in the ledger, then show the new status in the Web UI."""
+        await workflow.execute_activity_method(
+            activity, input, start_to_close_timeout=LEDGER_TIMEOUT, retry_policy=LEDGER_RETRY
+        )
         workflow.upsert_search_attributes([PAYMENT_STATUS.value_set(status)])
