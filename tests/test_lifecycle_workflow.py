@@ -273,7 +273,12 @@ async def test_a_lost_authorization_answer_adopts_what_stripe_holds(
     assert result.status == PaymentStatus.SUCCEEDED
     assert result.stripe_payment_intent_id == "pi_found"
     assert len(stubs.inputs("authorize")) == 1
-    assert "begin_attempt" not in stubs.names()
+    [attempt] = stubs.inputs("begin_attempt")  # adopted under a new generation
+    [recorded] = stubs.inputs("record_authorization")
+    assert isinstance(attempt, BeginAttemptInput) and attempt.generation == 2
+    assert isinstance(recorded, RecordAuthorizationInput)
+    assert (recorded.intent_id, recorded.generation) == ("pi_found", 2)
+    assert stubs.keys("capture") == [f"pay_{payment.payment_id}_capture_2"]
 
 
 async def test_a_lost_answer_with_nothing_at_stripe_starts_a_new_generation(
@@ -312,4 +317,20 @@ async def test_answers_lost_again_and_again_end_the_payment(
     assert result.status == PaymentStatus.FAILED
     assert result.failure_code == ErrorType.STRIPE_OUTCOME_UNKNOWN
     assert len(stubs.inputs("authorize")) == MAX_RESENDS + 1
-    assert len(stubs.inputs("find_authorization")) == MAX_RESENDS
+    # converged before each new generation, and once more before giving up
+    assert len(stubs.inputs("find_authorization")) == MAX_RESENDS + 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ErrorType.STRIPE_REJECTED, ErrorType.IDEMPOTENCY_CONFLICT, ErrorType.INTENT_NOT_CAPTURABLE],
+)
+async def test_a_capture_that_fails_for_good_voids_the_authorization(
+    env: WorkflowEnvironment, task_queue: str, error: ErrorType
+) -> None:
+    stubs = StubActivities(capture_errors=[business_error(error)])
+    payment = payment_input()
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    assert (result.status, result.failure_code) == (PaymentStatus.FAILED, error)
+    assert stubs.names()[-3:] == ["capture", "void", "record_failure"]

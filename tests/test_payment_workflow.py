@@ -141,7 +141,13 @@ async def test_an_intent_that_cannot_be_captured_fails_the_payment(
 
     assert result.status == PaymentStatus.FAILED
     assert result.failure_code == ErrorType.INTENT_NOT_CAPTURABLE
-    assert stubs.names() == ["authorize", "record_authorization", "capture", "record_failure"]
+    assert stubs.names() == [
+        "authorize",
+        "record_authorization",
+        "capture",
+        "void",
+        "record_failure",
+    ]
     description = await temporal_env.client.get_workflow_handle(
         workflow_id(payment.payment_id)
     ).describe()

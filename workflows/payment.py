@@ -194,6 +194,9 @@ class PaymentWorkflow:
                     reauthorized = True
                     authorization = await self._new_generation("authorization_expired")
                     continue
+                if not expired:  # an expired authorization holds nothing to void
+                    self._step = "void"
+                    await self._void(intent_id)
                 return await self._fail(captured, intent_id=intent_id)
 
             self._step = "finalize"
@@ -241,9 +244,13 @@ class PaymentWorkflow:
     async def _recover(self, failure: ApplicationError) -> Authorization | PaymentResult | None:
         """After an authorization failed: adopt what Stripe holds, retry on the dunning
         schedule (None: authorize again), or end the payment."""
-        if failure.type == ErrorType.STRIPE_OUTCOME_UNKNOWN and self._lost_answers < MAX_RESENDS:
-            self._lost_answers += 1
-            return await self._new_generation("authorize_outcome_unknown")
+        if failure.type == ErrorType.STRIPE_OUTCOME_UNKNOWN:
+            if self._lost_answers < MAX_RESENDS:
+                self._lost_answers += 1
+                return await self._new_generation("authorize_outcome_unknown")
+            existing = await self._converge()  # the last lost answer may have authorized
+            if existing is not None:
+                return existing
         decline = decline_of(failure)
         if decline is None or not self._may_retry(decline):
             return await self._fail(failure, intent_id=None)
@@ -282,8 +289,23 @@ class PaymentWorkflow:
         """Converge with Stripe, then begin a new authorization generation.
 
         Returns the payment's capturable authorization if Stripe already holds one (an
-        answer that was lost); the caller then records it instead of authorizing again.
+        answer that was lost); the caller then records it, under the new generation,
+        instead of authorizing again.
         """
+        existing = await self._converge()
+        self._generation += 1
+        self._step = "begin_attempt"
+        await self._move(
+            LedgerActivities.begin_attempt,
+            BeginAttemptInput(
+                payment_id=self._input.payment_id, generation=self._generation, reason=reason
+            ),
+            PaymentStatus.PENDING,
+        )
+        return existing
+
+    async def _converge(self) -> Authorization | None:
+        """The payment's capturable authorization at Stripe, if there is one."""
         self._step = "converge"
         created_after = workflow.info().start_time - CONVERGE_LOOKBACK
         existing = await workflow.execute_activity_method(
@@ -296,18 +318,7 @@ class PaymentWorkflow:
             start_to_close_timeout=STRIPE_TIMEOUT,
             retry_policy=STRIPE_RETRY,
         )
-        if existing is not None:
-            return existing
-        self._generation += 1
-        self._step = "begin_attempt"
-        await self._move(
-            LedgerActivities.begin_attempt,
-            BeginAttemptInput(
-                payment_id=self._input.payment_id, generation=self._generation, reason=reason
-            ),
-            PaymentStatus.PENDING,
-        )
-        return None
+        return existing
 
     async def _capture(self, intent_id: str) -> Capture | ApplicationError:
         for resend in range(MAX_RESENDS + 1):
