@@ -1,61 +1,79 @@
-"""Re-record the histories under tests/histories/: `python -m tests.record_histories`.
+"""Record the histories under tests/histories/: `python -m tests.record_histories [--all]`.
 
-Only do this on purpose: the replay test exists to catch a workflow change that would break
-payments already running. Record from the old code before changing it, not after.
+It records only the cases that have no file yet. Re-record (`--all`) only on purpose: the
+replay test exists to catch a workflow change that would break payments already running, so
+record from the old code before changing it, not after.
 """
 
+import argparse
 import asyncio
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from billing.constants import ErrorType, workflow_id
-from billing.models import Decline
+from billing.models import BillingPolicy
 from billing.stack.temporal import start_local_environment
-from tests.stubs import StubActivities, payment_input
+from tests.stubs import StubActivities, business_error, declined, payment_input
 from workflows.payment import PaymentWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 TASK_QUEUE = "record-histories"
+SECOND = timedelta(seconds=1)
 
 
-def cases() -> dict[str, StubActivities]:
-    decline = Decline(
-        code="card_declined",
-        decline_code="insufficient_funds",
-        message="Your card has insufficient funds.",
-        intent_id="pi_declined",
-    )
+@dataclass
+class Case:
+    stubs: StubActivities
+    policy: BillingPolicy = field(default_factory=BillingPolicy)
+    start_signal: str | None = None
+
+
+def cases() -> dict[str, Case]:
     return {
-        "payment_succeeded": StubActivities(capture_errors=[RuntimeError("connection reset")]),
-        "payment_declined": StubActivities(
-            authorize_errors=[
-                ApplicationError(
-                    decline.message, decline, type=ErrorType.CARD_DECLINED, non_retryable=True
-                )
-            ]
+        "payment_succeeded": Case(StubActivities(capture_errors=[RuntimeError("reset")])),
+        "payment_declined": Case(StubActivities(authorize_errors=[declined("insufficient_funds")])),
+        "payment_window_then_captured": Case(StubActivities(), BillingPolicy(capture_delay=SECOND)),
+        "payment_cancelled_before_authorization": Case(StubActivities(), start_signal="cancel"),
+        "payment_dunning_then_succeeded": Case(
+            StubActivities(authorize_errors=[declined("insufficient_funds"), None]),
+            BillingPolicy(dunning_schedule=(SECOND,)),
+        ),
+        "payment_expired_then_reauthorized": Case(
+            StubActivities(capture_errors=[business_error(ErrorType.AUTHORIZATION_EXPIRED)]),
+            BillingPolicy(reauthorize_expired=True),
+        ),
+        "payment_lost_answer_new_generation": Case(
+            StubActivities(
+                authorize_errors=[business_error(ErrorType.STRIPE_OUTCOME_UNKNOWN)],
+            )
         ),
     }
 
 
-async def record() -> None:
+async def record(names: list[str]) -> None:
     env = await start_local_environment(data_converter=pydantic_data_converter)
     try:
-        for name, stubs in cases().items():
-            payment = payment_input()
-            async with Worker(
+        for name, case in cases().items():
+            if name not in names:
+                continue
+            payment = payment_input(case.policy)
+            worker = Worker(
                 env.client,
                 task_queue=TASK_QUEUE,
                 workflows=[PaymentWorkflow],
-                activities=stubs.all(),
-            ):
+                activities=case.stubs.all(),
+            )
+            async with worker:
                 handle = await env.client.start_workflow(
                     PaymentWorkflow.run,
                     payment,
                     id=workflow_id(payment.payment_id),
                     task_queue=TASK_QUEUE,
+                    start_signal=case.start_signal,
                 )
                 await handle.result()
             history = await handle.fetch_history()
@@ -65,5 +83,13 @@ async def record() -> None:
         await env.shutdown()
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--all", action="store_true", help="re-record every case")
+    args = parser.parse_args()
+    names = [n for n in cases() if args.all or not (HISTORIES / f"{n}.json").exists()]
+    asyncio.run(record(names))
+
+
 if __name__ == "__main__":
-    asyncio.run(record())
+    main()
