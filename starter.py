@@ -389,9 +389,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings, client: Client 
             await bill(svc, period, wait=args.wait, capture_after=capture_delay)
         elif args.command == "cancel":
             outcome = await cancel(svc, args.payment_id)
-            out.print(
-                outcome.value + (" (too late)" if outcome.value == "already captured" else "")
-            )
+            too_late = outcome == CancelOutcome.ALREADY_CAPTURED
+            out.print(f"{outcome.value}{' (too late)' if too_late else ''}")
             return CANCEL_EXIT_CODES[outcome]
         elif args.command == "report":
             assert period is not None

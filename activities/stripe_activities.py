@@ -8,7 +8,7 @@ from stripe.params import PaymentIntentListParams
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from billing.constants import ErrorType
+from billing.constants import RATE_LIMITED, ErrorType
 from billing.models import (
     Authorization,
     AuthorizeInput,
@@ -65,7 +65,7 @@ def business_failure(err: stripe.StripeError, *, keyed: bool = True) -> Applicat
         )
     if isinstance(err, stripe.RateLimitError):
         return ApplicationError(
-            "Stripe rate limit", type="StripeRateLimited", next_retry_delay=rate_limit_delay(err)
+            "Stripe rate limit", type=RATE_LIMITED, next_retry_delay=rate_limit_delay(err)
         )
     if isinstance(err, stripe.IdempotencyError):
         return ApplicationError(

@@ -47,6 +47,9 @@ class ErrorType(StrEnum):
     UNKNOWN_PAYMENT = "UnknownPayment"
 
 
+# A retryable failure type, so never in ErrorType: a 429 waits and tries again.
+RATE_LIMITED = "StripeRateLimited"
+
 # Declines that may succeed later; every other decline is final (DESIGN.md).
 SOFT_DECLINE_CODES = frozenset(
     {
