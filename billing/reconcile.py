@@ -100,6 +100,7 @@ class VoidOutcome(StrEnum):
     CANCELLED = "cancelled"
     ALREADY_CANCELLED = "already cancelled"
     CAPTURED_LEFT_ALONE = "captured meanwhile, left alone"
+    PAYMENT_STILL_OPEN = "payment still open, left to its workflow"
     FAILED = "could not cancel"
 
 
@@ -366,7 +367,13 @@ async def reconcile(
     if fix:
         for orphan in result.orphans:
             assert orphan.intent_id is not None
-            outcome = await void_orphan(client, orphan.intent_id)
+            # Read again: a payment may have re-authorized since the comparison, and its
+            # workflow may be about to capture this very intent.
+            current = await ledger.payment(orphan.payment_id) if orphan.payment_id else None
+            if current is not None and current.status not in TERMINAL_STATUSES:
+                outcome = VoidOutcome.PAYMENT_STILL_OPEN
+            else:
+                outcome = await void_orphan(client, orphan.intent_id)
             await ledger.record_reconcile_action(
                 period,
                 orphan.intent_id,

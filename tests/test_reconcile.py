@@ -13,7 +13,7 @@ from billing.constants import PaymentStatus
 from billing.demo import seed_demo_customers
 from billing.ledger import Ledger, ReconcileLedger
 from billing.models import PaymentRecord
-from billing.reconcile import IntentView, Kind, compare, reconcile
+from billing.reconcile import IntentView, Kind, VoidOutcome, compare, reconcile
 from billing.settings import Settings
 from billing.stripe_client import make_stripe_client
 from starter import execute
@@ -287,3 +287,31 @@ async def test_an_orphan_of_an_unknown_payment_is_voided_by_fix(
 @pytest.mark.parametrize("period", ["2026-13", "november"])
 async def test_reconcile_refuses_a_bad_period(period: str, settings: Settings) -> None:
     assert await execute(["reconcile", period], settings) == 2
+
+
+async def test_fix_leaves_an_open_payments_extra_authorization_to_its_workflow(
+    pool: asyncpg.Pool, sandbox: Sandbox, settings: Settings
+) -> None:
+    """The payment may have re-authorized since reconcile read it: never void under it."""
+    ledger = Ledger(pool)
+    await seed_demo_customers(ledger, make_stripe_client(settings), count=1)
+    await ledger.create_period_payments(PERIOD)
+    [payment] = await ledger.period_payments(PERIOD)
+    await ledger.transition(payment.id, PaymentStatus.AUTHORIZED, intent_id="pi_recorded")
+    customer, method = await a_customer(pool, payment.id)
+    extra = await extra_intent(
+        settings,
+        payment.id,
+        customer,
+        method,
+        capture=False,
+        amount=payment.amount,
+        currency=payment.currency,
+    )
+
+    result = await reconcile(ReconcileLedger(pool), make_stripe_client(settings), PERIOD, fix=True)
+    assert [(f.kind, f.intent_id) for f in result.findings] == [(Kind.ORPHAN, extra.id)]
+    assert [f.outcome for f in result.fixes] == [VoidOutcome.PAYMENT_STILL_OPEN]
+    assert not result.clean
+    status_of = {i["id"]: i["status"] for i in sandbox.payment_intents()}
+    assert status_of[extra.id] == "requires_capture"
