@@ -18,20 +18,16 @@ from billing.models import (
     FindAuthorizationInput,
     VoidInput,
 )
+from billing.stripe_client import (
+    CANCELED,
+    CAPTURABLE,
+    CAPTURED,
+    LIST_PAGE,
+    stored_server_error,
+)
 
-CAPTURABLE = "requires_capture"
-CAPTURED = "succeeded"
-CANCELED = "canceled"
 EXPIRED_REASON = "automatic"
 UNEXPECTED_STATE = "payment_intent_unexpected_state"
-LIST_PAGE = 100
-
-
-def stored_server_error(err: stripe.StripeError) -> bool:
-    """A 5xx that Stripe stored under the key: every retry with this key replays it, so
-    whether Stripe acted can only be learnt by reading the PaymentIntent."""
-    should_retry = (err.headers or {}).get("stripe-should-retry")
-    return (err.http_status or 0) >= 500 and should_retry == "false"
 
 
 def rate_limit_delay(err: stripe.RateLimitError) -> timedelta:

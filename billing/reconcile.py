@@ -21,11 +21,8 @@ from stripe.params import PaymentIntentListParams
 from billing.constants import TERMINAL_STATUSES, PaymentStatus
 from billing.ledger import ReconcileLedger
 from billing.models import PaymentRecord
+from billing.stripe_client import CANCELED, CAPTURABLE, CAPTURED, LIST_PAGE, stored_server_error
 
-CAPTURABLE = "requires_capture"
-CAPTURED = "succeeded"
-CANCELED = "canceled"
-LIST_PAGE = 100
 # Intents are created after their payment row; the slack covers clocks that disagree.
 CREATED_SLACK = timedelta(days=1)
 CONCURRENT_CUSTOMERS = 8
@@ -415,9 +412,7 @@ async def void_orphan(client: stripe.StripeClient, intent_id: str) -> VoidOutcom
                 return VoidOutcome.CAPTURED_LEFT_ALONE
             if intent.status != CAPTURABLE:
                 return VoidOutcome.FAILED
-            if (err.http_status or 0) >= 500 and (err.headers or {}).get(
-                "stripe-should-retry"
-            ) == "false":
+            if stored_server_error(err):
                 resend += 1  # Stripe stored a 500 under the key before it acted
             elif isinstance(err, stripe.RateLimitError | stripe.APIConnectionError):
                 await asyncio.sleep(0.5)

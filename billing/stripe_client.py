@@ -4,6 +4,12 @@ import stripe
 
 from billing.settings import Settings
 
+# PaymentIntent statuses the code acts on.
+CAPTURABLE = "requires_capture"
+CAPTURED = "succeeded"
+CANCELED = "canceled"
+LIST_PAGE = 100  # Stripe's largest page
+
 # Below the Stripe activities' start_to_close timeout, so a hung request fails inside the
 # attempt and the engine retries it with the same idempotency key.
 STRIPE_HTTP_TIMEOUT_SECONDS = 20.0
@@ -17,3 +23,10 @@ def make_stripe_client(settings: Settings) -> stripe.StripeClient:
         max_network_retries=settings.stripe_max_network_retries,
         http_client=stripe.HTTPXClient(timeout=STRIPE_HTTP_TIMEOUT_SECONDS),
     )
+
+
+def stored_server_error(err: stripe.StripeError) -> bool:
+    """A 5xx that Stripe stored under the key: every retry with this key replays it, so
+    whether Stripe acted can only be learnt by reading the PaymentIntent."""
+    should_retry = (err.headers or {}).get("stripe-should-retry")
+    return (err.http_status or 0) >= 500 and should_retry == "false"
