@@ -391,9 +391,12 @@ def ratios(runs: list[dict[str, Any]]) -> list[str]:
 
 
 async def run_all(
-    specs: list[RunSpec], out: Path | None, earlier: list[dict[str, Any]]
+    specs: list[RunSpec],
+    out: Path | None,
+    earlier: list[dict[str, Any]],
+    server_args: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    stack = BenchStack()
+    stack = BenchStack(server_args)
     runs: list[dict[str, Any]] = []
     try:
         await asyncio.to_thread(stack.start)
@@ -437,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--hand-rolled-arg", action="append", default=[], help="passed to the hand-rolled loop"
     )
+    parser.add_argument(
+        "--server-arg", action="append", default=[], help="passed to `temporal server start-dev`"
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
     return parser
 
@@ -460,7 +466,7 @@ def main() -> None:
     earlier: list[dict[str, Any]] = []
     if args.append and out is not None and out.exists():
         earlier = json.loads(out.read_text())["runs"]
-    runs = asyncio.run(run_all(specs, out, earlier))
+    runs = asyncio.run(run_all(specs, out, earlier, tuple(args.server_arg)))
     print()
     print(table(runs))
     for note in ratios(runs):

@@ -26,10 +26,10 @@ SANDBOX_STOP_TIMEOUT_S = 10.0
 class BenchStack:
     """PostgreSQL and Temporal under one temporary folder; `close()` stops both and removes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, temporal_args: tuple[str, ...] = ()) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="billing-bench-"))
         self.postgres = EmbeddedPostgres(self.root / "postgres")
-        self.temporal = EmbeddedTemporal(self.root / "temporal")
+        self.temporal = EmbeddedTemporal(self.root / "temporal", extra_args=temporal_args)
 
     def start(self) -> None:
         self.postgres.start()

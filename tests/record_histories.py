@@ -46,6 +46,12 @@ def cases() -> dict[str, Case]:
             StubActivities(capture_errors=[business_error(ErrorType.AUTHORIZATION_EXPIRED)]),
             BillingPolicy(reauthorize_expired=True),
         ),
+        # Recorded after the ledger writes became local activities (LOCAL_LEDGER_WRITES).
+        "local_ledger_succeeded": Case(StubActivities(capture_errors=[RuntimeError("reset")])),
+        "local_ledger_dunning_then_succeeded": Case(
+            StubActivities(authorize_errors=[declined("insufficient_funds"), None]),
+            BillingPolicy(dunning_schedule=(SECOND,)),
+        ),
         "payment_lost_answer_new_generation": Case(
             StubActivities(
                 authorize_errors=[business_error(ErrorType.STRIPE_OUTCOME_UNKNOWN)],

@@ -59,6 +59,13 @@ STRIPE_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=1),
     non_retryable_error_types=NON_RETRYABLE,
 )
+# Ledger writes run as local activities: in the worker, inside the workflow task, with no
+# activity task to dispatch. Measured in docs/performance.md: 22 history events per payment
+# instead of 32, and less Temporal server CPU. A worker that dies mid-write loses
+# its workflow task, and the next worker re-runs the write; each write is a guarded,
+# idempotent transition. Histories recorded before this change carry no marker for the
+# patch and replay with regular activities.
+LOCAL_LEDGER_WRITES = "local-ledger-writes"
 LEDGER_TIMEOUT = timedelta(seconds=15)
 LEDGER_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=500),
@@ -413,7 +420,12 @@ class PaymentWorkflow:
         status: PaymentStatus,
     ) -> None:
         """Record a transition in the ledger, then show the new status in the Web UI."""
-        await workflow.execute_activity_method(
-            activity, input, start_to_close_timeout=LEDGER_TIMEOUT, retry_policy=LEDGER_RETRY
-        )
+        if workflow.patched(LOCAL_LEDGER_WRITES):
+            await workflow.execute_local_activity_method(
+                activity, input, start_to_close_timeout=LEDGER_TIMEOUT, retry_policy=LEDGER_RETRY
+            )
+        else:
+            await workflow.execute_activity_method(
+                activity, input, start_to_close_timeout=LEDGER_TIMEOUT, retry_policy=LEDGER_RETRY
+            )
         workflow.upsert_search_attributes([PAYMENT_STATUS.value_set(status)])

@@ -26,6 +26,10 @@ NAMESPACE = "default"
 LOG_LEVEL = "warn"
 # Measured in DESIGN.md: about 3x the workflow throughput of SQLite's defaults.
 SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
+# start-dev re-reads the search attributes from SQLite on every read so that ones added at
+# run time show at once. Ours are all registered at start, and the re-reads cost the server
+# a tenth of its CPU per payment (docs/performance.md).
+DYNAMIC_CONFIG = ("system.forceSearchAttributesCacheRefreshOnRead=false",)
 
 _CLI_TYPE_NAMES = {
     SearchAttributeIndexedValueType.TEXT: "Text",
@@ -73,10 +77,13 @@ def search_attribute_args(
 
 
 def dev_server_args(db_file: Path | None = None) -> list[str]:
-    """`start-dev` flags shared by `make up` and the tests: the SQLite pragmas (only for a
-    database file) and our search attributes. Nothing that `start_local` sets itself (address,
-    ports, UI, log level, `--db-filename`), so the list fits its `dev_server_extra_args`."""
+    """`start-dev` flags shared by `make up` and the tests: dynamic config, the SQLite pragmas
+    (only for a database file) and our search attributes. Nothing that `start_local` sets
+    itself (address, ports, UI, log level, `--db-filename`), so the list fits its
+    `dev_server_extra_args`."""
     args: list[str] = []
+    for setting in DYNAMIC_CONFIG:
+        args += ["--dynamic-config-value", setting]
     if db_file is not None:
         for pragma in SQLITE_PRAGMAS:
             args += ["--sqlite-pragma", pragma]
@@ -123,7 +130,13 @@ class EmbeddedTemporal:
     """
 
     def __init__(
-        self, data_dir: Path, port: int = 0, ui_port: int = 0, *, run_dir: Path | None = None
+        self,
+        data_dir: Path,
+        port: int = 0,
+        ui_port: int = 0,
+        *,
+        run_dir: Path | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = data_dir.absolute()
         self.db_file = self.data_dir / "temporal.db"
@@ -135,6 +148,7 @@ class EmbeddedTemporal:
             *("--ip", LOOPBACK, "--port", str(self.port), "--ui-port", str(self.ui_port)),
             *("--log-level", LOG_LEVEL),
             *dev_server_args(self.db_file),
+            *extra_args,
         ]
         self.process = BackgroundProcess("temporal", argv, run_dir or self.data_dir)
 
