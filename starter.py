@@ -30,7 +30,13 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from billing.constants import BILLING_PERIOD, CancelOutcome, PaymentStatus, workflow_id
+from billing.constants import (
+    BILLING_PERIOD,
+    CancelOutcome,
+    PaymentStatus,
+    starting_search_attributes,
+    workflow_id,
+)
 from billing.customers_csv import InvalidCsv, read_customers
 from billing.demo import seed_demo_customers
 from billing.durations import InvalidDuration, check_capture_delay, parse_duration
@@ -245,6 +251,7 @@ async def cancel(svc: Services, payment_id: str) -> CancelOutcome:
         task_queue=svc.settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        search_attributes=starting_search_attributes(payment.billing_period, payment.customer_id),
     )
     try:
         # By name: the SDK's typing of an async update handler does not fit this call.

@@ -8,7 +8,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from billing.constants import TERMINAL_STATUSES, workflow_id
+from billing.constants import TERMINAL_STATUSES, starting_search_attributes, workflow_id
 from billing.ledger import Ledger
 from billing.models import BillingPolicy, PaymentInput, PaymentResult
 from workflows.payment import PaymentWorkflow
@@ -62,6 +62,9 @@ async def launch_period(
                     task_queue=task_queue,
                     id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                     id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                    search_attributes=starting_search_attributes(
+                        payment.billing_period, payment.customer_id
+                    ),
                 )
                 summary.started += 1
             except WorkflowAlreadyStartedError:

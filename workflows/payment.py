@@ -20,13 +20,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.stripe_activities import StripeActivities
     from billing.constants import (
         BILLING_PERIOD,
-        CUSTOMER_ID,
         PAYMENT_STATUS,
         SOFT_DECLINE_CODES,
         CancelOutcome,
         ErrorType,
         PaymentStatus,
         idempotency_key,
+        starting_search_attributes,
     )
     from billing.models import (
         Authorization,
@@ -144,13 +144,10 @@ class PaymentWorkflow:
 
     @workflow.run
     async def run(self, input: PaymentInput) -> PaymentResult:
-        workflow.upsert_search_attributes(
-            [
-                BILLING_PERIOD.value_set(input.billing_period),
-                CUSTOMER_ID.value_set(input.customer_id),
-                PAYMENT_STATUS.value_set(PaymentStatus.PENDING),
-            ]
-        )
+        if workflow.info().typed_search_attributes.get(BILLING_PERIOD) is None:
+            # Started without them (launchers before 2026-11-26, tests): show them now.
+            starting = starting_search_attributes(input.billing_period, input.customer_id)
+            workflow.upsert_search_attributes([pair.key.value_set(pair.value) for pair in starting])
         self._result = await self._charge()
         self._step = "done"
         await workflow.wait_condition(workflow.all_handlers_finished)
