@@ -241,7 +241,7 @@ async def measured_run(
         elapsed=elapsed,
         launched=launched,
         launch_seconds=launch_seconds,
-        worker_cpu=worker_cpu,
+        worker_cpu=process_stats.get("run_cpu_seconds", worker_cpu),
         peak_rss=peak_rss if peak_rss is not None else process_stats.get("peak_rss_mb"),
         process_stats=process_stats,
         temporal_cpu=temporal_cpu if spec.system == "temporal" else None,
