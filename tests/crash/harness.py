@@ -108,9 +108,10 @@ class LedgerTrap:
 async def play_the_servers_timeouts(client: Client, handle: WorkflowHandle[object, object]) -> int:
     """Do now what the server does by itself once a dead worker's timeouts pass.
 
-    The killed worker's started activity attempt is failed, as its start_to_close timeout
-    (30 s for Stripe, 15 s for the ledger) would fail it, and the engine retries it under the
-    same input; the workflow's sticky queue is reset, as its 5 s schedule-to-start timeout would.
+    The killed worker's started Stripe activity attempt is failed, as its 30 s start_to_close
+    timeout would fail it, and the engine retries it under the same input; the workflow's
+    sticky queue is reset, as its 5 s schedule-to-start timeout would. A ledger write (a local
+    activity) is re-run when the killed worker's workflow task times out, after 10 s.
     Returns how many attempts it failed.
     """
     await client.workflow_service.reset_sticky_task_queue(
