@@ -2,7 +2,8 @@
 
 It records only the cases that have no file yet. Re-record (`--all`) only on purpose: the
 replay test exists to catch a workflow change that would break payments already running, so
-record from the old code before changing it, not after.
+record from the old code before changing it, not after. `--all` never re-records the
+BEFORE_LOCAL_LEDGER cases: they hold the only histories of the unpatched path.
 """
 
 import argparse
@@ -14,7 +15,7 @@ from pathlib import Path
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
-from billing.constants import ErrorType, workflow_id
+from billing.constants import ErrorType, starting_search_attributes, workflow_id
 from billing.models import BillingPolicy
 from billing.stack.temporal import start_local_environment
 from tests.stubs import StubActivities, business_error, declined, payment_input
@@ -30,6 +31,21 @@ class Case:
     stubs: StubActivities
     policy: BillingPolicy = field(default_factory=BillingPolicy)
     start_signal: str | None = None
+    attributes_at_start: bool = True  # as `bill` and `cancel` start payments
+
+
+# Recorded before the local-ledger-writes patch, without search attributes at start.
+BEFORE_LOCAL_LEDGER = frozenset(
+    {
+        "payment_succeeded",
+        "payment_declined",
+        "payment_window_then_captured",
+        "payment_cancelled_before_authorization",
+        "payment_dunning_then_succeeded",
+        "payment_expired_then_reauthorized",
+        "payment_lost_answer_new_generation",
+    }
+)
 
 
 def cases() -> dict[str, Case]:
@@ -46,11 +62,13 @@ def cases() -> dict[str, Case]:
             StubActivities(capture_errors=[business_error(ErrorType.AUTHORIZATION_EXPIRED)]),
             BillingPolicy(reauthorize_expired=True),
         ),
-        # Recorded after the ledger writes became local activities (LOCAL_LEDGER_WRITES).
         "local_ledger_succeeded": Case(StubActivities(capture_errors=[RuntimeError("reset")])),
         "local_ledger_dunning_then_succeeded": Case(
             StubActivities(authorize_errors=[declined("insufficient_funds"), None]),
             BillingPolicy(dunning_schedule=(SECOND,)),
+        ),
+        "local_ledger_started_without_attributes": Case(
+            StubActivities(), attributes_at_start=False
         ),
         "payment_lost_answer_new_generation": Case(
             StubActivities(
@@ -80,6 +98,11 @@ async def record(names: list[str]) -> None:
                     id=workflow_id(payment.payment_id),
                     task_queue=TASK_QUEUE,
                     start_signal=case.start_signal,
+                    search_attributes=(
+                        starting_search_attributes(payment.billing_period, payment.customer_id)
+                        if case.attributes_at_start
+                        else None
+                    ),
                 )
                 await handle.result()
             history = await handle.fetch_history()
@@ -93,7 +116,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--all", action="store_true", help="re-record every case")
     args = parser.parse_args()
-    names = [n for n in cases() if args.all or not (HISTORIES / f"{n}.json").exists()]
+    names = [
+        n
+        for n in cases()
+        if not (HISTORIES / f"{n}.json").exists() or (args.all and n not in BEFORE_LOCAL_LEDGER)
+    ]
     asyncio.run(record(names))
 
 
