@@ -93,9 +93,9 @@ EVENTS_OF_PAYMENT = """
 SELECT payment_id::text, from_status, to_status, detail, occurred_at
 FROM payment_events WHERE payment_id = $1::uuid ORDER BY id"""
 
-LOCK_PAYMENT = (
-    "SELECT status, stripe_payment_intent_id FROM payments WHERE id = $1::uuid FOR UPDATE"
-)
+LOCK_PAYMENT = """
+SELECT status, stripe_payment_intent_id, generation FROM payments WHERE id = $1::uuid
+FOR UPDATE"""
 
 APPLY_TRANSITION = """
 UPDATE payments SET
@@ -228,7 +228,8 @@ class Ledger:
         generation: int | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Move a payment to `to`. Returns False when it is already there (a replay).
+        """Move a payment to `to`. Returns False when it is already there (a replay), or
+        when a new attempt (`to` pending) names a generation the row has already reached.
 
         Raises ForbiddenTransition when the current state does not allow the move, or when it
         names another PaymentIntent than the recorded one where it must not (a replay, or a
@@ -247,6 +248,9 @@ class Ledger:
                 )
             if current == to:
                 return False
+            already_begun = generation is not None and generation <= row["generation"]
+            if to == PaymentStatus.PENDING and already_begun:
+                return False  # a late duplicate of a generation's begin_attempt
             if current not in TRANSITIONS[to]:
                 raise ForbiddenTransition(f"payment {payment_id} cannot move {current} -> {to}")
             await conn.execute(

@@ -104,6 +104,23 @@ async def test_happy_transitions_are_recorded_and_replays_change_nothing(
     assert events[1].detail == {"intent_id": "pi_1"}
 
 
+async def test_a_late_duplicate_of_a_new_attempt_changes_nothing(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+    await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1", generation=1)
+    assert await ledger.transition(pid, PaymentStatus.PENDING, generation=2) is True
+    await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_2", generation=2)
+
+    # Generation 2's begin_attempt, run again by a worker whose task had timed out, lands
+    # after generation 2 was authorized: it must not reopen the payment.
+    assert await ledger.transition(pid, PaymentStatus.PENDING, generation=2) is False
+
+    payment = await ledger.payment(pid)
+    assert payment is not None
+    assert (payment.status, payment.stripe_payment_intent_id) == (PaymentStatus.AUTHORIZED, "pi_2")
+    assert [e.to_status for e in await ledger.events(pid)][-1] == PaymentStatus.AUTHORIZED
+
+
 async def test_forbidden_transitions_are_loud_and_write_nothing(pool: asyncpg.Pool) -> None:
     ledger = Ledger(pool)
     pid = await first_payment(ledger)

@@ -27,8 +27,8 @@ LOG_LEVEL = "warn"
 # Measured in DESIGN.md: about 3x the workflow throughput of SQLite's defaults.
 SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
 # start-dev re-reads the search attributes from SQLite on every read so that ones added at
-# run time show at once. Ours are all registered at start, and the re-reads cost the server
-# a tenth of its CPU per payment (docs/performance.md).
+# run time show at once. Ours are all registered at start, and the re-reads cost server CPU
+# on every payment (measured in docs/performance.md).
 DYNAMIC_CONFIG = ("system.forceSearchAttributesCacheRefreshOnRead=false",)
 
 _CLI_TYPE_NAMES = {
