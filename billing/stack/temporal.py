@@ -30,6 +30,8 @@ SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
 # run time show at once. Ours are all registered at start, and the re-reads cost server CPU
 # on every payment (measured in docs/performance.md).
 DYNAMIC_CONFIG = ("system.forceSearchAttributesCacheRefreshOnRead=false",)
+START_ATTEMPTS = 3
+PORT_IN_USE = "address already in use"
 
 _CLI_TYPE_NAMES = {
     SearchAttributeIndexedValueType.TEXT: "Text",
@@ -44,6 +46,10 @@ _CLI_TYPE_NAMES = {
 
 class TemporalError(RuntimeError):
     """The embedded dev server is missing, or did not start or stop."""
+
+
+class PortTaken(TemporalError):
+    """The dev server exited during start because a port it wanted was already in use."""
 
 
 def _venv_binary(name: str, package: str) -> str:
@@ -175,13 +181,26 @@ class EmbeddedTemporal:
         return self.process.is_alive()
 
     def start(self, timeout: float = 60) -> None:
-        """Start unless running, then wait until the frontend answers."""
-        if not self.process.is_alive():
-            if port_accepts(self.port):
-                raise TemporalError(f"port {self.port} is already taken by another process")
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+        """Start unless running, then wait until the frontend answers.
+
+        The CLI picks its HTTP API and metrics ports itself, and another process can take
+        one between its pick and its bind; then the server is started again, up to
+        START_ATTEMPTS times in all.
+        """
+        if self.process.is_alive():
+            self._wait_ready(timeout)
+            return
+        if port_accepts(self.port):
+            raise TemporalError(f"port {self.port} is already taken by another process")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, START_ATTEMPTS + 1):
             self.process.start()
-        self._wait_ready(timeout)
+            try:
+                self._wait_ready(timeout)
+                return
+            except PortTaken:
+                if attempt == START_ATTEMPTS:
+                    raise
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM, then SIGKILL after `timeout`; returns once the port is free. Idempotent."""
@@ -201,9 +220,12 @@ class EmbeddedTemporal:
         deadline = time.monotonic() + timeout
         while True:
             if not self.process.is_alive():
-                raise TemporalError(
+                tail = log_tail(self.log_path)
+                this_start = tail.rsplit(" starting: ", 1)[-1]
+                error = PortTaken if PORT_IN_USE in this_start else TemporalError
+                raise error(
                     f"the Temporal dev server exited during start; {self.log_path} ends with:\n"
-                    f"{log_tail(self.log_path)}"
+                    f"{tail}"
                 )
             if port_accepts(self.port) and frontend_answers(self.address):
                 return

