@@ -8,15 +8,17 @@ BEFORE_LOCAL_LEDGER cases: they hold the only histories of the unpatched path.
 
 import argparse
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from temporalio.client import WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
-from billing.constants import ErrorType, starting_search_attributes, workflow_id
-from billing.models import BillingPolicy
+from billing.constants import CancelOutcome, ErrorType, starting_search_attributes, workflow_id
+from billing.models import BillingPolicy, PaymentMethodUpdate
 from billing.stack.temporal import start_local_environment
 from tests.stubs import StubActivities, business_error, declined, payment_input
 from workflows.payment import PaymentWorkflow
@@ -24,6 +26,8 @@ from workflows.payment import PaymentWorkflow
 HISTORIES = Path(__file__).parent / "histories"
 TASK_QUEUE = "record-histories"
 SECOND = timedelta(seconds=1)
+HOUR = timedelta(hours=1)
+Handle = WorkflowHandle[PaymentWorkflow, object]
 
 
 @dataclass
@@ -32,6 +36,18 @@ class Case:
     policy: BillingPolicy = field(default_factory=BillingPolicy)
     start_signal: str | None = None
     attributes_at_start: bool = True  # as `bill` and `cancel` start payments
+    # What an operator or customer does once the payment has started.
+    during: Callable[[Handle, StubActivities], Awaitable[None]] | None = None
+
+
+async def cancel_in_window(handle: Handle, stubs: StubActivities) -> None:
+    await stubs.reached("record_authorization").wait()
+    await handle.execute_update("cancel_payment", result_type=CancelOutcome)
+
+
+async def new_card_in_dunning(handle: Handle, stubs: StubActivities) -> None:
+    await stubs.reached("record_decline").wait()
+    await handle.signal("payment_method_updated", PaymentMethodUpdate(payment_method_id="pm_new"))
 
 
 # Recorded before the local-ledger-writes patch, without search attributes at start.
@@ -70,6 +86,22 @@ def cases() -> dict[str, Case]:
         "local_ledger_started_without_attributes": Case(
             StubActivities(), attributes_at_start=False
         ),
+        # Recorded 2026-11-28, before the exactly-once round changed the workflow: the paths
+        # that move or release money on the local-ledger path.
+        "local_ledger_cancelled_in_window": Case(
+            StubActivities(), BillingPolicy(capture_delay=HOUR), during=cancel_in_window
+        ),
+        "local_ledger_new_card_in_dunning": Case(
+            StubActivities(authorize_errors=[declined("insufficient_funds"), None]),
+            BillingPolicy(dunning_schedule=(HOUR,)),
+            during=new_card_in_dunning,
+        ),
+        "local_ledger_capture_failed_voided": Case(
+            StubActivities(capture_errors=[business_error(ErrorType.INTENT_NOT_CAPTURABLE)])
+        ),
+        "local_ledger_hard_decline": Case(
+            StubActivities(authorize_errors=[declined("generic_decline")])
+        ),
         "payment_lost_answer_new_generation": Case(
             StubActivities(
                 authorize_errors=[business_error(ErrorType.STRIPE_OUTCOME_UNKNOWN)],
@@ -104,6 +136,8 @@ async def record(names: list[str]) -> None:
                         else None
                     ),
                 )
+                if case.during is not None:
+                    await case.during(handle, case.stubs)
                 await handle.result()
             history = await handle.fetch_history()
             (HISTORIES / f"{name}.json").write_text(history.to_json())
