@@ -17,15 +17,20 @@ class PaymentStatus(StrEnum):
     """A payment's state, the same in Postgres and in the `PaymentStatus` search attribute.
 
     pending: awaiting an authorization attempt; retrying: a soft decline, waiting for the next
-    dunning attempt; authorized: an uncaptured authorization is recorded (the capture window).
+    dunning attempt; authorized: an uncaptured authorization is recorded (the capture window);
+    capturing: the ledger allowed the capture, which may already be at Stripe; needs_attention:
+    the workflow ended on something it cannot settle alone, after voiding every hold, and a
+    person must look (`failure_code` and `failure_message` say why).
     """
 
     PENDING = "pending"
     RETRYING = "retrying"
     AUTHORIZED = "authorized"
+    CAPTURING = "capturing"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    NEEDS_ATTENTION = "needs_attention"
 
 
 def starting_search_attributes(billing_period: str, customer_id: str) -> TypedSearchAttributes:
@@ -40,8 +45,15 @@ def starting_search_attributes(billing_period: str, customer_id: str) -> TypedSe
     )
 
 
+# Statuses a workflow ends in. `bill` leaves such a payment alone; any other is open, and an
+# open payment whose workflow is closed is stranded: `bill` resumes it.
 TERMINAL_STATUSES = frozenset(
-    {PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.CANCELLED}
+    {
+        PaymentStatus.SUCCEEDED,
+        PaymentStatus.FAILED,
+        PaymentStatus.CANCELLED,
+        PaymentStatus.NEEDS_ATTENTION,
+    }
 )
 
 
@@ -57,6 +69,9 @@ class ErrorType(StrEnum):
     STRIPE_REJECTED = "StripeRejected"
     FORBIDDEN_TRANSITION = "ForbiddenTransition"
     UNKNOWN_PAYMENT = "UnknownPayment"
+    # An authorize key first sent so long ago that Stripe may have forgotten it: resending it
+    # could authorize a second time, so the workflow converges instead.
+    KEY_MAY_BE_FORGOTTEN = "IdempotencyKeyMayBeForgotten"
 
 
 # A retryable failure type, so never in ErrorType: a 429 waits and tries again.
@@ -87,7 +102,10 @@ class CancelOutcome(StrEnum):
     ALREADY_CANCELLED = "already cancelled"
     ALREADY_CAPTURED = "already captured"
     FAILED = "failed"
+    NEEDS_ATTENTION = "needs attention"
     UNKNOWN_PAYMENT = "unknown payment"
+    # The deadline passed: the request is recorded and takes effect, the outcome is not known.
+    REQUESTED = "cancel requested"
 
 
 def workflow_id(payment_id: str) -> str:

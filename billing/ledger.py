@@ -20,21 +20,33 @@ from billing.models import (
     PaymentRecord,
 )
 
-_OPEN = frozenset({PaymentStatus.PENDING, PaymentStatus.RETRYING, PaymentStatus.AUTHORIZED})
+S = PaymentStatus
+_OPEN = frozenset({S.PENDING, S.RETRYING, S.AUTHORIZED, S.CAPTURING})
 
 # Allowed previous states of each target state.
 TRANSITIONS: Mapping[PaymentStatus, frozenset[PaymentStatus]] = {
     # A new authorization attempt: after a soft decline, or after an authorization expired.
-    PaymentStatus.PENDING: frozenset({PaymentStatus.RETRYING, PaymentStatus.AUTHORIZED}),
-    PaymentStatus.RETRYING: frozenset({PaymentStatus.PENDING}),
-    PaymentStatus.AUTHORIZED: frozenset({PaymentStatus.PENDING}),
-    PaymentStatus.SUCCEEDED: frozenset({PaymentStatus.AUTHORIZED}),
-    PaymentStatus.FAILED: _OPEN,
-    PaymentStatus.CANCELLED: _OPEN,
+    S.PENDING: frozenset({S.RETRYING, S.AUTHORIZED, S.CAPTURING}),
+    S.RETRYING: frozenset({S.PENDING}),
+    S.AUTHORIZED: frozenset({S.PENDING}),
+    # The guard before money moves: an operator's cancel, or any other move, wins over it.
+    S.CAPTURING: frozenset({S.AUTHORIZED}),
+    # From pending or retrying when Stripe already holds this period's capture (a lost row, a
+    # restored backup); from authorized only on the path of payments begun before `capturing`.
+    S.SUCCEEDED: _OPEN,
+    S.FAILED: _OPEN,
+    # Never once capture has begun: then the capture decides.
+    S.CANCELLED: frozenset({S.PENDING, S.RETRYING, S.AUTHORIZED}),
+    # From anywhere: it says the row and Stripe may disagree, and a person must look.
+    S.NEEDS_ATTENTION: frozenset(S) - {S.NEEDS_ATTENTION},
 }
 
-# Moving here must name the PaymentIntent already recorded, never another one.
-BOUND_TO_RECORDED_INTENT = frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.CANCELLED})
+# States in which the row holds an authorization: a move from one of them to these targets
+# must name that PaymentIntent, never another one.
+HOLDS_AUTHORIZATION = frozenset({S.AUTHORIZED, S.CAPTURING})
+BOUND_TO_RECORDED_INTENT = frozenset({S.CAPTURING, S.SUCCEEDED, S.CANCELLED})
+# Moves that show the payment is past its declines: the old decline code no longer applies.
+CLEARS_FAILURE = frozenset({S.AUTHORIZED, S.SUCCEEDED})
 
 MIGRATION_LOCK_ID = 0x62696C6C  # any constant shared by every process that migrates
 
@@ -60,9 +72,9 @@ CUSTOMER_BY_EMAIL = "SELECT stripe_customer_id, payment_method_id FROM customers
 
 CREATE_PERIOD_PAYMENTS = """
 WITH created AS (
-    INSERT INTO payments (customer_id, billing_period, amount, currency)
-    SELECT id, $1, monthly_amount, currency FROM customers WHERE active
-    ON CONFLICT (customer_id, billing_period) DO NOTHING
+    INSERT INTO payments (customer_id, billing_period, amount, currency, stripe_customer_id)
+    SELECT id, $1, monthly_amount, currency, stripe_customer_id FROM customers WHERE active
+    ON CONFLICT DO NOTHING
     RETURNING id
 )
 INSERT INTO payment_events (payment_id, from_status, to_status, detail)
@@ -71,7 +83,7 @@ SELECT id, NULL, 'pending', '{"by": "bill"}'::jsonb FROM created"""
 PAYMENT_INPUTS = """
 SELECT p.id::text AS payment_id, p.customer_id::text AS customer_id,
        p.billing_period, p.amount, p.currency, p.status,
-       c.stripe_customer_id, c.payment_method_id
+       p.stripe_customer_id, c.payment_method_id
 FROM payments p JOIN customers c ON c.id = p.customer_id"""
 
 PERIOD_PAYMENT_INPUTS = f"{PAYMENT_INPUTS} WHERE p.billing_period = $1 ORDER BY p.created_at, p.id"
@@ -102,8 +114,8 @@ UPDATE payments SET
     status = $2,
     stripe_payment_intent_id = COALESCE($3, stripe_payment_intent_id),
     amount_received = COALESCE($4, amount_received),
-    failure_code = COALESCE($5, failure_code),
-    failure_message = COALESCE($6, failure_message),
+    failure_code = CASE WHEN $8 THEN $5 ELSE COALESCE($5, failure_code) END,
+    failure_message = CASE WHEN $8 THEN $6 ELSE COALESCE($6, failure_message) END,
     generation = COALESCE($7, generation),
     authorized_at = CASE WHEN $2 = 'authorized' THEN now() ELSE authorized_at END,
     captured_at = CASE WHEN $2 = 'succeeded' THEN now() ELSE captured_at END,
@@ -228,12 +240,14 @@ class Ledger:
         generation: int | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Move a payment to `to`. Returns False when it is already there (a replay), or
-        when a new attempt (`to` pending) names a generation the row has already reached.
+        """Move a payment to `to`. Returns False, changing nothing, when it is already there
+        (a replay), when the write comes from a generation older than the row's (a late
+        write of an attempt the workflow has moved past), or when a new attempt (`to`
+        pending) names a generation the row has already reached.
 
         Raises ForbiddenTransition when the current state does not allow the move, or when it
-        names another PaymentIntent than the recorded one where it must not (a replay, or a
-        capture or void). A new authorization attempt records its own PaymentIntent.
+        names another PaymentIntent than the authorization the row holds. A new authorization
+        attempt records its own PaymentIntent.
         """
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(LOCK_PAYMENT, payment_id)
@@ -241,16 +255,25 @@ class Ledger:
                 raise UnknownPayment(f"payment {payment_id} does not exist")
             current = PaymentStatus(row["status"])
             recorded_intent = row["stripe_payment_intent_id"]
+            if generation is not None and generation < row["generation"]:
+                return False  # fenced: a later generation owns the row
             other_intent = bool(intent_id and recorded_intent and intent_id != recorded_intent)
-            if other_intent and (current == to or to in BOUND_TO_RECORDED_INTENT):
+            bound = current in HOLDS_AUTHORIZATION and to in BOUND_TO_RECORDED_INTENT
+            if other_intent and (current == to or bound):
                 raise ForbiddenTransition(
                     f"payment {payment_id} is bound to {recorded_intent}, not {intent_id}"
                 )
             if current == to:
                 return False
-            already_begun = generation is not None and generation <= row["generation"]
-            if to == PaymentStatus.PENDING and already_begun:
+            if to == S.AUTHORIZED and current == S.CAPTURING and intent_id == recorded_intent:
+                return False  # already past recording this authorization: a replay
+            if to == PaymentStatus.PENDING and generation == row["generation"]:
                 return False  # a late duplicate of a generation's begin_attempt
+            if to == PaymentStatus.SUCCEEDED and intent_id is None:
+                raise ForbiddenTransition(
+                    f"payment {payment_id}: a move to succeeded must name the captured "
+                    "PaymentIntent"
+                )
             if current not in TRANSITIONS[to]:
                 raise ForbiddenTransition(f"payment {payment_id} cannot move {current} -> {to}")
             await conn.execute(
@@ -262,6 +285,7 @@ class Ledger:
                 failure_code,
                 failure_message,
                 generation,
+                to in CLEARS_FAILURE,
             )
             event_detail = {
                 k: v
@@ -299,8 +323,8 @@ def _payment_input(row: asyncpg.Record, policy: BillingPolicy) -> PaymentInput:
 RECONCILE_PAYMENTS = """
 SELECT p.id::text, p.customer_id::text, p.billing_period, p.amount, p.currency, p.status,
        p.stripe_payment_intent_id, p.amount_received, p.failure_code, p.failure_message,
-       p.generation, p.created_at, p.updated_at, c.stripe_customer_id
-FROM payments p JOIN customers c ON c.id = p.customer_id
+       p.generation, p.created_at, p.updated_at, p.stripe_customer_id
+FROM payments p
 WHERE p.billing_period = $1
 ORDER BY p.created_at, p.id"""
 

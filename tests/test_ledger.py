@@ -125,8 +125,8 @@ async def test_forbidden_transitions_are_loud_and_write_nothing(pool: asyncpg.Po
     ledger = Ledger(pool)
     pid = await first_payment(ledger)
 
-    with pytest.raises(ForbiddenTransition, match="pending -> succeeded"):
-        await ledger.transition(pid, PaymentStatus.SUCCEEDED, intent_id="pi_1")
+    with pytest.raises(ForbiddenTransition, match="must name the captured PaymentIntent"):
+        await ledger.transition(pid, PaymentStatus.SUCCEEDED)
 
     await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1")
     with pytest.raises(ForbiddenTransition, match="bound to pi_1"):
@@ -175,3 +175,60 @@ async def test_a_failed_batch_import_writes_nothing(pool: asyncpg.Pool) -> None:
     with pytest.raises(asyncpg.CheckViolationError):
         await ledger.upsert_customers([customer(1), bad])
     assert await pool.fetchval("SELECT count(*) FROM customers") == 0
+
+
+async def test_a_write_from_an_older_generation_changes_nothing(pool: asyncpg.Pool) -> None:
+    """Hole 6: a late generation-1 record_decline, landing after generation 2 began, moved
+    the row back to retrying."""
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+    await ledger.transition(pid, PaymentStatus.RETRYING, failure_code="insufficient_funds")
+    await ledger.transition(pid, PaymentStatus.PENDING, generation=2)
+    await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_2", generation=2)
+
+    late = await ledger.transition(
+        pid, PaymentStatus.FAILED, failure_code="insufficient_funds", generation=1
+    )
+
+    assert late is False
+    payment = await ledger.payment(pid)
+    assert payment is not None
+    assert (payment.status, payment.generation) == (PaymentStatus.AUTHORIZED, 2)
+    assert [e.to_status for e in await ledger.events(pid)][-1] == PaymentStatus.AUTHORIZED
+
+
+async def test_a_payment_past_its_declines_no_longer_shows_them(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+    await ledger.transition(
+        pid, PaymentStatus.RETRYING, failure_code="insufficient_funds", failure_message="no"
+    )
+    await ledger.transition(pid, PaymentStatus.PENDING, generation=2)
+    await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_2", generation=2)
+    await ledger.transition(pid, PaymentStatus.CAPTURING, intent_id="pi_2", generation=2)
+    await ledger.transition(pid, PaymentStatus.SUCCEEDED, intent_id="pi_2", amount_received=1000)
+
+    payment = await ledger.payment(pid)
+    assert payment is not None
+    assert (payment.failure_code, payment.failure_message) == (None, None)
+    retrying = (await ledger.events(pid))[1]
+    assert retrying.detail["failure_code"] == "insufficient_funds"  # the history keeps it
+
+
+async def test_an_operator_cancel_wins_over_a_capture_not_yet_begun(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+    await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1")
+    await pool.execute("UPDATE payments SET status = 'cancelled' WHERE id = $1::uuid", pid)
+
+    with pytest.raises(ForbiddenTransition, match="cancelled -> capturing"):
+        await ledger.transition(pid, PaymentStatus.CAPTURING, intent_id="pi_1")
+
+
+async def test_once_capture_began_cancel_is_refused(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+    await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1")
+    await ledger.transition(pid, PaymentStatus.CAPTURING, intent_id="pi_1")
+    with pytest.raises(ForbiddenTransition, match="capturing -> cancelled"):
+        await ledger.transition(pid, PaymentStatus.CANCELLED, intent_id="pi_1")
