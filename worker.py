@@ -8,6 +8,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities import all_activities
 from activities.ledger_activities import LedgerActivities
 from activities.stripe_activities import StripeActivities
 from billing.ledger import migrate, open_pool
@@ -34,18 +35,7 @@ async def run_worker(
             client,
             task_queue=settings.task_queue,
             workflows=[PaymentWorkflow],
-            activities=[
-                stripe_activities.authorize,
-                stripe_activities.capture,
-                stripe_activities.void,
-                stripe_activities.find_authorization,
-                ledger_activities.record_authorization,
-                ledger_activities.finalize,
-                ledger_activities.record_failure,
-                ledger_activities.record_decline,
-                ledger_activities.begin_attempt,
-                ledger_activities.record_cancellation,
-            ],
+            activities=all_activities(stripe_activities, ledger_activities),
             graceful_shutdown_timeout=timedelta(seconds=10),
         )
         async with worker:

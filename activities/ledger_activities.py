@@ -11,11 +11,17 @@ from billing.constants import ErrorType, PaymentStatus
 from billing.ledger import ForbiddenTransition, Ledger, UnknownPayment
 from billing.models import (
     BeginAttemptInput,
+    BeginCaptureInput,
+    CaptureAllowed,
     FinalizeInput,
+    PaymentState,
+    ReadPaymentInput,
+    RecordAttentionInput,
     RecordAuthorizationInput,
     RecordCancellationInput,
     RecordDeclineInput,
     RecordFailureInput,
+    RecordPaidInput,
 )
 
 
@@ -49,15 +55,65 @@ class LedgerActivities:
                 generation=input.generation,
             )
 
+    @activity.defn(name="read_payment")
+    async def read_payment(self, input: ReadPaymentInput) -> PaymentState:
+        """The row as it is now, and the customer's current payment method."""
+        with ledger_rules_are_final():
+            return await self._ledger.payment_state(input.payment_id)
+
+    @activity.defn(name="begin_capture")
+    async def begin_capture(self, input: BeginCaptureInput) -> CaptureAllowed:
+        """authorized -> capturing, the guard before money moves. If anything else moved the
+        row first (an operator's cancel), the capture is refused and says what won."""
+        try:
+            await self._ledger.transition(
+                input.payment_id,
+                PaymentStatus.CAPTURING,
+                intent_id=input.intent_id,
+                generation=input.generation,
+            )
+        except ForbiddenTransition:
+            state = await self._ledger.payment_state(input.payment_id)
+            return CaptureAllowed(allowed=False, status=state.status)
+        return CaptureAllowed(allowed=True, status=PaymentStatus.CAPTURING)
+
     @activity.defn(name="finalize")
     async def finalize(self, input: FinalizeInput) -> None:
-        """authorized -> succeeded, with the amount Stripe captured."""
+        """capturing -> succeeded, with the amount Stripe captured."""
         with ledger_rules_are_final():
             await self._ledger.transition(
                 input.payment_id,
                 PaymentStatus.SUCCEEDED,
                 intent_id=input.intent_id,
                 amount_received=input.amount_received,
+                generation=input.generation,
+            )
+
+    @activity.defn(name="record_paid")
+    async def record_paid(self, input: RecordPaidInput) -> None:
+        """An open payment -> succeeded with a capture Stripe already holds for its period
+        (a lost row, a restored backup, a run resumed after capture)."""
+        with ledger_rules_are_final():
+            await self._ledger.transition(
+                input.payment_id,
+                PaymentStatus.SUCCEEDED,
+                intent_id=input.intent_id,
+                amount_received=input.amount_received,
+                generation=input.generation,
+                detail={"reason": "captured_at_stripe"},
+            )
+
+    @activity.defn(name="record_attention")
+    async def record_attention(self, input: RecordAttentionInput) -> None:
+        """Any status -> needs_attention: the workflow met what it cannot settle alone."""
+        with ledger_rules_are_final():
+            await self._ledger.transition(
+                input.payment_id,
+                PaymentStatus.NEEDS_ATTENTION,
+                intent_id=input.intent_id,
+                failure_code=input.reason,
+                failure_message=input.message,
+                generation=input.generation,
             )
 
     @activity.defn(name="record_failure")
@@ -70,6 +126,7 @@ class LedgerActivities:
                 intent_id=input.intent_id,
                 failure_code=input.failure_code,
                 failure_message=input.failure_message,
+                generation=input.generation,
             )
 
     @activity.defn(name="record_decline")
@@ -101,5 +158,8 @@ class LedgerActivities:
         """pending, retrying or authorized -> cancelled, after any authorization was voided."""
         with ledger_rules_are_final():
             await self._ledger.transition(
-                input.payment_id, PaymentStatus.CANCELLED, intent_id=input.intent_id
+                input.payment_id,
+                PaymentStatus.CANCELLED,
+                intent_id=input.intent_id,
+                generation=input.generation,
             )

@@ -2,6 +2,7 @@
 
 import random
 from datetime import timedelta
+from typing import NoReturn
 
 import stripe
 from stripe.params import PaymentIntentListParams
@@ -16,6 +17,8 @@ from billing.models import (
     CaptureInput,
     Decline,
     FindAuthorizationInput,
+    FindPeriodIntentsInput,
+    PeriodIntents,
     VoidInput,
 )
 from billing.stripe_client import (
@@ -28,6 +31,9 @@ from billing.stripe_client import (
 
 EXPIRED_REASON = "automatic"
 UNEXPECTED_STATE = "payment_intent_unexpected_state"
+# Stripe keeps an idempotency key for 24 hours. An authorize attempt later than this after
+# the first one is not sent: Stripe may have forgotten the key and would authorize again.
+AUTHORIZE_KEY_LIFETIME = timedelta(hours=23)
 
 
 def rate_limit_delay(err: stripe.RateLimitError) -> timedelta:
@@ -84,6 +90,15 @@ def business_failure(err: stripe.StripeError, *, keyed: bool = True) -> Applicat
     return None
 
 
+def fail_for(err: stripe.StripeError, *, keyed: bool = True) -> NoReturn:
+    """Raise the business failure `err` stands for, or `err` itself for the engine to retry.
+    Never `err` as its own cause: the failure converter would recurse on it."""
+    failure = business_failure(err, keyed=keyed)
+    if failure is None:
+        raise err
+    raise failure from err
+
+
 def not_capturable(intent: stripe.PaymentIntent) -> ApplicationError:
     expired = intent.status == CANCELED and intent.cancellation_reason == EXPIRED_REASON
     return ApplicationError(
@@ -100,6 +115,17 @@ class StripeActivities:
     @activity.defn(name="authorize")
     async def authorize(self, input: AuthorizeInput) -> Authorization:
         """Create and confirm an uncaptured PaymentIntent (capture_method=manual)."""
+        info = activity.info()
+        if info.current_attempt_scheduled_time - info.scheduled_time > AUTHORIZE_KEY_LIFETIME:
+            raise ApplicationError(
+                f"authorize key {input.idempotency_key} was first sent at "
+                f"{info.scheduled_time:%Y-%m-%d %H:%M} UTC; Stripe may have forgotten it",
+                type=ErrorType.KEY_MAY_BE_FORGOTTEN,
+                non_retryable=True,
+            )
+        metadata = {"payment_id": input.payment_id}
+        if input.billing_period is not None and input.customer_id is not None:
+            metadata |= {"billing_period": input.billing_period, "customer_id": input.customer_id}
         try:
             intent = await self._client.v1.payment_intents.create_async(
                 {
@@ -110,12 +136,12 @@ class StripeActivities:
                     "confirm": True,
                     "off_session": True,
                     "capture_method": "manual",
-                    "metadata": {"payment_id": input.payment_id},
+                    "metadata": metadata,
                 },
                 {"idempotency_key": input.idempotency_key},
             )
         except stripe.StripeError as err:
-            raise business_failure(err) or err from err
+            fail_for(err)
         if intent.status != CAPTURABLE:
             decline = Decline(
                 code=intent.status,
@@ -136,10 +162,10 @@ class StripeActivities:
             )
         except stripe.StripeError as err:
             if not (err.code == UNEXPECTED_STATE or stored_server_error(err)):
-                raise business_failure(err) or err from err
+                fail_for(err)
             intent = await self._retrieve(input.intent_id)
             if intent.status == CAPTURABLE:  # the stored 500 was before Stripe captured
-                raise business_failure(err) or err from err
+                fail_for(err)
             if intent.status != CAPTURED:
                 raise not_capturable(intent) from err
         return Capture(intent_id=intent.id, amount_received=intent.amount_received)
@@ -155,7 +181,7 @@ class StripeActivities:
             )
         except stripe.StripeError as err:
             if not (err.code == UNEXPECTED_STATE or stored_server_error(err)):
-                raise business_failure(err) or err from err
+                fail_for(err)
             intent = await self._retrieve(input.intent_id)
             if intent.status == CAPTURED:
                 raise ApplicationError(
@@ -164,7 +190,7 @@ class StripeActivities:
                     non_retryable=True,
                 ) from err
             if intent.status != CANCELED:  # the stored 500 was before Stripe cancelled
-                raise business_failure(err) or err from err
+                fail_for(err)
 
     @activity.defn(name="find_authorization")
     async def find_authorization(self, input: FindAuthorizationInput) -> Authorization | None:
@@ -174,26 +200,11 @@ class StripeActivities:
         payment's metadata. Run before any new key generation, so that an authorization whose
         answer was lost is adopted instead of doubled.
         """
-        found: list[stripe.PaymentIntent] = []
-        params: PaymentIntentListParams = {
-            "customer": input.stripe_customer_id,
-            "created": {"gte": input.created_after},
-            "limit": LIST_PAGE,
-        }
-        try:
-            while True:
-                page = await self._client.v1.payment_intents.list_async(params)
-                found += [
-                    i
-                    for i in page.data
-                    if i.status == CAPTURABLE
-                    and i.metadata.to_dict().get("payment_id") == input.payment_id
-                ]
-                if not page.has_more or not page.data:
-                    break
-                params["starting_after"] = page.data[-1].id
-        except stripe.StripeError as err:
-            raise business_failure(err, keyed=False) or err from err
+        found = [
+            i
+            for i in await self._customer_intents(input.stripe_customer_id, input.created_after)
+            if i.status == CAPTURABLE and i.metadata.to_dict().get("payment_id") == input.payment_id
+        ]
         if len(found) > 1:
             ids = ", ".join(i.id for i in found)
             raise ApplicationError(
@@ -207,8 +218,59 @@ class StripeActivities:
             else None
         )
 
+    @activity.defn(name="find_period_intents")
+    async def find_period_intents(self, input: FindPeriodIntentsInput) -> PeriodIntents:
+        """What Stripe holds for this (Stripe customer, period): its captures and its live
+        authorizations, whichever payment row made them. Run before the first authorization
+        and before every new generation, so that a charge is never made twice, even when the
+        payment row was lost or the customer was billed through another row."""
+        ours = [
+            i
+            for i in await self._customer_intents(input.stripe_customer_id, input.created_after)
+            if _belongs_to(i, input.billing_period, input.payment_id)
+        ]
+        ours.sort(key=lambda i: (i.created, i.id))
+        return PeriodIntents(
+            captured=tuple(
+                Capture(intent_id=i.id, amount_received=i.amount_received)
+                for i in ours
+                if i.status == CAPTURED
+            ),
+            capturable=tuple(
+                Authorization(intent_id=i.id, amount_capturable=i.amount_capturable)
+                for i in ours
+                if i.status == CAPTURABLE
+            ),
+        )
+
+    async def _customer_intents(
+        self, customer: str, created_after: int
+    ) -> list[stripe.PaymentIntent]:
+        """Every PaymentIntent of the customer created at or after `created_after` (list, not
+        search, which lags writes). A failed read fails the attempt; the engine retries it."""
+        found: list[stripe.PaymentIntent] = []
+        params: PaymentIntentListParams = {
+            "customer": customer,
+            "created": {"gte": created_after},
+            "limit": LIST_PAGE,
+        }
+        try:
+            while True:
+                page = await self._client.v1.payment_intents.list_async(params)
+                found += page.data
+                if not page.has_more or not page.data:
+                    return found
+                params["starting_after"] = page.data[-1].id
+        except stripe.StripeError as err:
+            fail_for(err, keyed=False)
+
     async def _retrieve(self, intent_id: str) -> stripe.PaymentIntent:
         try:
             return await self._client.v1.payment_intents.retrieve_async(intent_id)
         except stripe.StripeError as err:
-            raise business_failure(err, keyed=False) or err from err
+            fail_for(err, keyed=False)
+
+
+def _belongs_to(intent: stripe.PaymentIntent, period: str, payment_id: str) -> bool:
+    metadata = intent.metadata.to_dict() if intent.metadata else {}
+    return metadata.get("billing_period") == period or metadata.get("payment_id") == payment_id

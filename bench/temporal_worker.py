@@ -23,6 +23,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+from activities import LEDGER_ACTIVITIES, STRIPE_ACTIVITIES
 from activities.ledger_activities import LedgerActivities
 from activities.stripe_activities import StripeActivities
 from bench import variants
@@ -30,16 +31,6 @@ from bench.pacing import stripe_client
 from bench.sqlcount import CountingConnection, counting_pool
 from billing.ledger import migrate
 from workflows.payment import PaymentWorkflow
-
-STRIPE_ACTIVITIES = ("authorize", "capture", "void", "find_authorization")
-LEDGER_ACTIVITIES = (
-    "record_authorization",
-    "finalize",
-    "record_failure",
-    "record_decline",
-    "begin_attempt",
-    "record_cancellation",
-)
 
 
 def activity_methods(stripe_acts: StripeActivities, ledger_acts: LedgerActivities) -> list[Any]:

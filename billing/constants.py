@@ -72,6 +72,8 @@ class ErrorType(StrEnum):
     # An authorize key first sent so long ago that Stripe may have forgotten it: resending it
     # could authorize a second time, so the workflow converges instead.
     KEY_MAY_BE_FORGOTTEN = "IdempotencyKeyMayBeForgotten"
+    # Stripe holds more than one capture for one (Stripe customer, period).
+    CHARGED_TWICE = "ChargedTwice"
 
 
 # A retryable failure type, so never in ErrorType: a 429 waits and tries again.
@@ -119,4 +121,11 @@ def idempotency_key(payment_id: str, step: str, generation: int, resend: int = 0
     with a stored 500 after the workflow read the intent and saw the call had not taken effect.
     """
     key = f"pay_{payment_id}_{step}_{generation}"
+    return f"{key}_r{resend}" if resend else key
+
+
+def void_key(payment_id: str, intent_id: str, resend: int = 0) -> str:
+    """Voids key on the intent they release: a payment may release several in one
+    generation (extra authorizations found when converging)."""
+    key = f"pay_{payment_id}_void_{intent_id}"
     return f"{key}_r{resend}" if resend else key

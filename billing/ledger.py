@@ -18,6 +18,7 @@ from billing.models import (
     PaymentEvent,
     PaymentInput,
     PaymentRecord,
+    PaymentState,
 )
 
 S = PaymentStatus
@@ -100,6 +101,10 @@ PAYMENT_BY_ID = f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1::uuid"
 PAYMENTS_OF_PERIOD = (
     f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE billing_period = $1 ORDER BY created_at, id"
 )
+
+PAYMENT_STATE = """
+SELECT p.status, p.generation, p.stripe_payment_intent_id AS intent_id, c.payment_method_id
+FROM payments p JOIN customers c ON c.id = p.customer_id WHERE p.id = $1::uuid"""
 
 EVENTS_OF_PAYMENT = """
 SELECT payment_id::text, from_status, to_status, detail, occurred_at
@@ -218,6 +223,14 @@ class Ledger:
         except asyncpg.DataError:  # not a UUID at all
             return None
         return None if row is None else PaymentRecord(**dict(row))
+
+    async def payment_state(self, payment_id: str) -> PaymentState:
+        """The row's status, generation and recorded intent, and the customer's current
+        payment method (a card changed by `customers import` shows here)."""
+        row = await self._pool.fetchrow(PAYMENT_STATE, payment_id)
+        if row is None:
+            raise UnknownPayment(f"payment {payment_id} does not exist")
+        return PaymentState(**dict(row))
 
     async def period_payments(self, period: str) -> list[PaymentRecord]:
         return [

@@ -51,6 +51,9 @@ class PaymentResult(Frozen):
     stripe_payment_intent_id: str | None = None
     amount_received: int | None = None
     failure_code: str | None = None
+    # Anything an operator should read beside the status, e.g. a cancellation that came
+    # after capture began.
+    note: str | None = None
 
 
 class AuthorizeInput(Frozen):
@@ -60,6 +63,10 @@ class AuthorizeInput(Frozen):
     stripe_customer_id: str
     payment_method_id: str
     idempotency_key: str
+    # Carried as PaymentIntent metadata, so that a (Stripe customer, period) finds its
+    # charges at Stripe even when the payment row is lost. None for inputs of older payments.
+    billing_period: str | None = None
+    customer_id: str | None = None
 
 
 class Authorization(Frozen):
@@ -97,6 +104,36 @@ class FindAuthorizationInput(Frozen):
     created_after: int
 
 
+class FindPeriodIntentsInput(Frozen):
+    """Which intents belong to the charge (Stripe customer, period): metadata.billing_period,
+    or metadata.payment_id for intents created before they carried the period."""
+
+    payment_id: str
+    stripe_customer_id: str
+    billing_period: str
+    created_after: int
+
+
+class PeriodIntents(Frozen):
+    """What Stripe holds for one (Stripe customer, period), oldest first."""
+
+    captured: tuple[Capture, ...] = ()
+    capturable: tuple[Authorization, ...] = ()
+
+
+class ReadPaymentInput(Frozen):
+    payment_id: str
+
+
+class PaymentState(Frozen):
+    """The row as a workflow (re)starting or beginning a new generation reads it."""
+
+    status: PaymentStatus
+    generation: int
+    intent_id: str | None
+    payment_method_id: str
+
+
 class BeginAttemptInput(Frozen):
     payment_id: str
     generation: int
@@ -112,6 +149,37 @@ class RecordDeclineInput(Frozen):
 class RecordCancellationInput(Frozen):
     payment_id: str
     intent_id: str | None = None
+    generation: int | None = None
+
+
+class BeginCaptureInput(Frozen):
+    payment_id: str
+    intent_id: str
+    generation: int
+
+
+class CaptureAllowed(Frozen):
+    """Whether the ledger moved `authorized -> capturing`; if not, the status that won."""
+
+    allowed: bool
+    status: PaymentStatus
+
+
+class RecordPaidInput(Frozen):
+    """Stripe already holds this period's capture: record it, never charge again."""
+
+    payment_id: str
+    intent_id: str
+    amount_received: int
+    generation: int
+
+
+class RecordAttentionInput(Frozen):
+    payment_id: str
+    reason: str
+    message: str
+    intent_id: str | None = None
+    generation: int | None = None
 
 
 class RecordAuthorizationInput(Frozen):
@@ -124,6 +192,7 @@ class FinalizeInput(Frozen):
     payment_id: str
     intent_id: str
     amount_received: int
+    generation: int | None = None
 
 
 class RecordFailureInput(Frozen):
@@ -131,6 +200,7 @@ class RecordFailureInput(Frozen):
     failure_code: str
     failure_message: str
     intent_id: str | None = None
+    generation: int | None = None
 
 
 class NewCustomer(Frozen):

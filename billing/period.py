@@ -19,3 +19,9 @@ def parse_period(text: str) -> str:
 
 def current_period(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).strftime("%Y-%m")
+
+
+def period_start(period: str) -> datetime:
+    """Midnight UTC on the first day of the period."""
+    year, month = (int(part) for part in period.split("-"))
+    return datetime(year, month, 1, tzinfo=UTC)

@@ -27,6 +27,11 @@ def make_stripe_client(settings: Settings) -> stripe.StripeClient:
 
 def stored_server_error(err: stripe.StripeError) -> bool:
     """A 5xx that Stripe stored under the key: every retry with this key replays it, so
-    whether Stripe acted can only be learnt by reading the PaymentIntent."""
-    should_retry = (err.headers or {}).get("stripe-should-retry")
-    return (err.http_status or 0) >= 500 and should_retry == "false"
+    whether Stripe acted can only be learnt by reading the PaymentIntent. Stripe says so with
+    `Stripe-Should-Retry: false`, or by marking the answer `Idempotent-Replayed: true`."""
+    headers = err.headers or {}
+    stored = (
+        headers.get("stripe-should-retry") == "false"
+        or headers.get("idempotent-replayed") == "true"
+    )
+    return (err.http_status or 0) >= 500 and stored

@@ -9,7 +9,7 @@ from datetime import datetime
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from billing.constants import ErrorType
+from billing.constants import ErrorType, PaymentStatus
 from billing.models import (
     Authorization,
     AuthorizeInput,
@@ -17,14 +17,22 @@ from billing.models import (
     BillingPolicy,
     Capture,
     CaptureInput,
+    BeginCaptureInput,
+    CaptureAllowed,
     Decline,
     FinalizeInput,
     FindAuthorizationInput,
+    FindPeriodIntentsInput,
     PaymentInput,
+    PaymentState,
+    PeriodIntents,
+    ReadPaymentInput,
+    RecordAttentionInput,
     RecordAuthorizationInput,
     RecordCancellationInput,
     RecordDeclineInput,
     RecordFailureInput,
+    RecordPaidInput,
     VoidInput,
 )
 
@@ -61,12 +69,21 @@ def business_error(error_type: ErrorType) -> ApplicationError:
 @dataclass
 class StubActivities:
     """`authorize_errors[i]` is what attempt i raises (None: it authorizes `pi_<key>`);
-    `capture_errors` and `void_errors` are raised by successive calls until used up."""
+    `capture_errors` and `void_errors` are raised by successive calls until used up.
+
+    `existing_authorization` is what Stripe holds once authorize has been called (an answer
+    that was lost); `held_at_stripe` is what converging finds on successive calls, before
+    that. `row` is what read_payment returns (default: pending, generation 1);
+    `capture_refused_by` is the status that wins over begin_capture."""
 
     authorize_errors: list[Exception | None] = field(default_factory=list)
     capture_errors: list[Exception] = field(default_factory=list)
     void_errors: list[Exception] = field(default_factory=list)
     existing_authorization: Authorization | None = None
+    held_at_stripe: list[PeriodIntents] = field(default_factory=list)
+    row: PaymentState | None = None
+    payment_methods: list[str] = field(default_factory=list)
+    capture_refused_by: PaymentStatus | None = None
     capture_gate: asyncio.Event | None = None
     capture_started: asyncio.Event = field(default_factory=asyncio.Event)
     calls: list[tuple[str, object]] = field(default_factory=list)
@@ -113,6 +130,38 @@ class StubActivities:
             self._record("find_authorization", input)
             return self.existing_authorization
 
+        @activity.defn(name="find_period_intents")
+        async def find_period_intents(input: FindPeriodIntentsInput) -> PeriodIntents:
+            self._record("find_period_intents", input)
+            if self.held_at_stripe:
+                return self.held_at_stripe.pop(0)
+            if self.existing_authorization and "authorize" in self.names():
+                return PeriodIntents(capturable=(self.existing_authorization,))
+            return PeriodIntents()
+
+        @activity.defn(name="read_payment")
+        async def read_payment(input: ReadPaymentInput) -> PaymentState:
+            self._record("read_payment", input)
+            method = self.payment_methods.pop(0) if self.payment_methods else "pm_card_visa"
+            return self.row or PaymentState(
+                status=PaymentStatus.PENDING, generation=1, intent_id=None, payment_method_id=method
+            )
+
+        @activity.defn(name="begin_capture")
+        async def begin_capture(input: BeginCaptureInput) -> CaptureAllowed:
+            self._record("begin_capture", input)
+            if self.capture_refused_by is not None:
+                return CaptureAllowed(allowed=False, status=self.capture_refused_by)
+            return CaptureAllowed(allowed=True, status=PaymentStatus.CAPTURING)
+
+        @activity.defn(name="record_paid")
+        async def record_paid(input: RecordPaidInput) -> None:
+            self._record("record_paid", input)
+
+        @activity.defn(name="record_attention")
+        async def record_attention(input: RecordAttentionInput) -> None:
+            self._record("record_attention", input)
+
         @activity.defn(name="record_authorization")
         async def record_authorization(input: RecordAuthorizationInput) -> None:
             self._record("record_authorization", input)
@@ -142,6 +191,11 @@ class StubActivities:
             capture,
             void,
             find_authorization,
+            find_period_intents,
+            read_payment,
+            begin_capture,
+            record_paid,
+            record_attention,
             record_authorization,
             finalize,
             record_failure,

@@ -86,7 +86,9 @@ async def test_cancel_in_the_window_voids_the_authorization(
         result = await handle.result()
     assert result.status == PaymentStatus.CANCELLED
     assert "capture" not in stubs.names()
-    assert stubs.keys("void") == [f"pay_{payment.payment_id}_void_1"]
+    assert stubs.keys("void") == [
+        f"pay_{payment.payment_id}_void_pi_pay_{payment.payment_id}_auth_1"
+    ]
     [cancellation] = stubs.inputs("record_cancellation")
     assert isinstance(cancellation, RecordCancellationInput)
     assert cancellation.intent_id == f"pi_pay_{payment.payment_id}_auth_1"
@@ -115,7 +117,7 @@ async def test_cancel_before_authorization_never_touches_stripe(
         handle = await start(env, task_queue, payment, start_signal="cancel")
         result = await handle.result()
     assert result.status == PaymentStatus.CANCELLED
-    assert stubs.names() == ["record_cancellation"]
+    assert stubs.names() == ["read_payment", "find_period_intents", "record_cancellation"]
 
 
 async def test_cancel_after_capture_began_changes_nothing(
@@ -156,7 +158,8 @@ async def test_soft_declines_are_retried_on_the_dunning_schedule(
         (2, "dunning"),
         (3, "dunning"),
     ]
-    assert len(stubs.inputs("find_authorization")) == 2  # converged before each new key
+    # converged before the first key and before each new one
+    assert len(stubs.inputs("find_period_intents")) == 3
     first, second, third = stubs.when("authorize")
     assert timedelta(days=1) <= second - first < timedelta(days=2)
     assert timedelta(days=3) <= third - first < timedelta(days=4)
@@ -184,7 +187,7 @@ async def test_hard_declines_fail_at_once(
     async with worker(env, task_queue, stubs):
         result = await (await start(env, task_queue, payment)).result()
     assert (result.status, result.failure_code) == (PaymentStatus.FAILED, code)
-    assert stubs.names() == ["authorize", "record_failure"]
+    assert stubs.names() == ["read_payment", "find_period_intents", "authorize", "record_failure"]
 
 
 async def test_a_new_payment_method_is_tried_at_once(
@@ -317,8 +320,9 @@ async def test_answers_lost_again_and_again_end_the_payment(
     assert result.status == PaymentStatus.FAILED
     assert result.failure_code == ErrorType.STRIPE_OUTCOME_UNKNOWN
     assert len(stubs.inputs("authorize")) == MAX_RESENDS + 1
-    # converged before each new generation, and once more before giving up
-    assert len(stubs.inputs("find_authorization")) == MAX_RESENDS + 1
+    # converged before the first key, before each new generation, and once more before
+    # giving up
+    assert len(stubs.inputs("find_period_intents")) == MAX_RESENDS + 2
 
 
 @pytest.mark.parametrize(

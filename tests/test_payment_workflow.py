@@ -47,8 +47,16 @@ async def test_happy_path_runs_the_four_steps_in_order(
 
     assert result.status == PaymentStatus.SUCCEEDED
     assert result.amount_received == 4200
-    assert stubs.names() == ["authorize", "record_authorization", "capture", "finalize"]
-    authorize, capture = stubs.calls[0][1], stubs.calls[2][1]
+    assert stubs.names() == [
+        "read_payment",
+        "find_period_intents",
+        "authorize",
+        "record_authorization",
+        "begin_capture",
+        "capture",
+        "finalize",
+    ]
+    [authorize], [capture] = stubs.inputs("authorize"), stubs.inputs("capture")
     assert isinstance(authorize, AuthorizeInput) and isinstance(capture, CaptureInput)
     assert authorize.idempotency_key == f"pay_{payment.payment_id}_auth_1"
     assert not stubs.inputs("find_authorization")
@@ -104,8 +112,8 @@ async def test_decline_fails_the_payment_with_its_decline_code(
 
     assert result.status == PaymentStatus.FAILED
     assert result.failure_code == "insufficient_funds"
-    assert stubs.names() == ["authorize", "record_failure"]
-    failure = stubs.calls[1][1]
+    assert stubs.names() == ["read_payment", "find_period_intents", "authorize", "record_failure"]
+    [failure] = stubs.inputs("record_failure")
     assert isinstance(failure, RecordFailureInput)
     assert failure.intent_id == "pi_declined"
     handle = temporal_env.client.get_workflow_handle(workflow_id(payment.payment_id))
@@ -142,8 +150,11 @@ async def test_an_intent_that_cannot_be_captured_fails_the_payment(
     assert result.status == PaymentStatus.FAILED
     assert result.failure_code == ErrorType.INTENT_NOT_CAPTURABLE
     assert stubs.names() == [
+        "read_payment",
+        "find_period_intents",
         "authorize",
         "record_authorization",
+        "begin_capture",
         "capture",
         "void",
         "record_failure",

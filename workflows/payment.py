@@ -1,11 +1,17 @@
-"""One workflow per payment: authorize -> record_authorization -> capture -> finalize.
+"""One workflow per payment: authorize -> record_authorization -> begin_capture -> capture ->
+finalize.
 
-Around that spine: a capture window (a durable timer), a `cancel` signal or update that voids
-an uncaptured authorization, dunning after soft declines, and one re-authorization when an
-authorization expired before capture. Before any new key generation the payment converges to
-Stripe's true state, so it never holds two capturable authorizations.
+Around that spine: a capture window (a durable timer), a `cancel` signal or update (or a
+Temporal cancellation request) that voids an uncaptured authorization, dunning after soft
+declines, and one re-authorization when an authorization expired before capture. Before the
+first authorization and before any new key generation the payment converges to what Stripe
+holds for its (Stripe customer, period): a capture there is recorded, never made again, and
+one live authorization is adopted, never doubled. An error the workflow does not expect ends
+the payment `needs_attention` after releasing every hold, never a failed workflow over an
+open row.
 """
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from datetime import timedelta
@@ -22,33 +28,45 @@ with workflow.unsafe.imports_passed_through():
         BILLING_PERIOD,
         PAYMENT_STATUS,
         SOFT_DECLINE_CODES,
+        TERMINAL_STATUSES,
         CancelOutcome,
         ErrorType,
         PaymentStatus,
         idempotency_key,
         starting_search_attributes,
+        void_key,
     )
     from billing.models import (
         Authorization,
         AuthorizeInput,
         BeginAttemptInput,
+        BeginCaptureInput,
         Capture,
+        CaptureAllowed,
         CaptureInput,
         Decline,
         FinalizeInput,
         FindAuthorizationInput,
+        FindPeriodIntentsInput,
         PaymentInput,
         PaymentMethodUpdate,
         PaymentResult,
+        PaymentState,
+        PeriodIntents,
+        ReadPaymentInput,
+        RecordAttentionInput,
         RecordAuthorizationInput,
         RecordCancellationInput,
         RecordDeclineInput,
         RecordFailureInput,
+        RecordPaidInput,
         VoidInput,
     )
+    from billing.period import period_start
 
 NON_RETRYABLE = [t.value for t in ErrorType]
 LedgerInput = TypeVar("LedgerInput")
+T = TypeVar("T")
 
 # Stripe: retried without limit, each attempt under the same idempotency key. The attempt
 # timeout is short so that a crashed worker's call is re-run quickly.
@@ -73,11 +91,28 @@ LEDGER_RETRY = RetryPolicy(
     non_retryable_error_types=NON_RETRYABLE,
 )
 LOCAL_RETRY_THRESHOLD = timedelta(seconds=10)
+# Payments started under this patch read their row and converge per (Stripe customer, period)
+# before authorizing, capture only after the ledger moved them to `capturing`, fence every
+# ledger write by generation, treat a Temporal cancellation as `cancel`, and end an
+# unexpected error `needs_attention`. Without the marker they run the path above unchanged.
+EXACTLY_ONCE = "exactly-once-per-period"
+# How far before the period (or the run, if earlier) converging looks for its charges.
+PERIOD_LOOKBACK = timedelta(days=35)
+# Failures of authorize after which Stripe may hold an authorization the workflow never saw.
+OUTCOME_UNKNOWN = frozenset(
+    {
+        ErrorType.STRIPE_OUTCOME_UNKNOWN,
+        ErrorType.KEY_MAY_BE_FORGOTTEN,
+        ErrorType.IDEMPOTENCY_CONFLICT,
+    }
+)
 # New keys for one call whose earlier keys Stripe poisoned with a stored 500. For authorize
 # each is a new generation, after converging found no authorization to adopt.
 MAX_RESENDS = 5
-# How far back to list the customer's PaymentIntents when converging.
+# How far back payments begun before EXACTLY_ONCE list the customer's PaymentIntents.
 CONVERGE_LOOKBACK = timedelta(days=1)
+
+Converged = Authorization | Capture | None
 
 
 async def wait_until(condition: Callable[[], bool], *, at_most: timedelta) -> None:
@@ -113,6 +148,8 @@ class PaymentWorkflow:
         self._lost_answers = 0
         self._result: PaymentResult | None = None
         self._local_ledger = False  # set by run(): see LOCAL_LEDGER_WRITES
+        self._exactly_once = False  # set by run(): see EXACTLY_ONCE
+        self._stored_method = input.payment_method_id  # the customer's card as last read
 
     @workflow.query(name="current_step")
     def current_step(self) -> str:
@@ -135,6 +172,8 @@ class PaymentWorkflow:
             return CancelOutcome.ALREADY_CANCELLED if already_requested else CancelOutcome.CANCELLED
         if status == PaymentStatus.SUCCEEDED:
             return CancelOutcome.ALREADY_CAPTURED
+        if status == PaymentStatus.NEEDS_ATTENTION:
+            return CancelOutcome.NEEDS_ATTENTION
         return CancelOutcome.FAILED
 
     @workflow.signal(name="payment_method_updated")
@@ -146,21 +185,52 @@ class PaymentWorkflow:
     @workflow.run
     async def run(self, input: PaymentInput) -> PaymentResult:
         self._local_ledger = workflow.patched(LOCAL_LEDGER_WRITES)
+        self._exactly_once = workflow.patched(EXACTLY_ONCE)
         started_with_attributes = workflow.info().typed_search_attributes.get(BILLING_PERIOD)
         if not (self._local_ledger and started_with_attributes):
             starting = starting_search_attributes(input.billing_period, input.customer_id)
             workflow.upsert_search_attributes([pair.key.value_set(pair.value) for pair in starting])
-        self._result = await self._charge()
+        if self._exactly_once:
+            self._result = await self._charge_until_ended()
+        else:
+            self._result = await self._charge()
         self._step = "done"
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._result
+
+    async def _charge_until_ended(self) -> PaymentResult:
+        """`_charge`, where a Temporal cancellation request (the Web UI's "Request
+        Cancellation", `temporal workflow cancel`) means `cancel`, and where an error the
+        workflow does not expect ends the payment in a visible state."""
+        charge = asyncio.create_task(self._charge_or_settle())
+        while True:
+            try:
+                # Shielded: the request must not cancel a capture or a ledger write midway.
+                return await asyncio.shield(charge)
+            except asyncio.CancelledError:
+                workflow.logger.info("cancellation requested: cancelling the payment")
+                self._cancel_requested = True
+
+    async def _charge_or_settle(self) -> PaymentResult:
+        try:
+            return await self._charge()
+        except (ActivityError, ApplicationError) as err:
+            return await self._needs_attention(err)
 
     async def _charge(self) -> PaymentResult:
         policy = self._input.policy
         reauthorized = False
         window_done = policy.capture_delay <= timedelta(0)
-        authorization: Authorization | None = None
+        authorization: Converged = None
+        if self._exactly_once:
+            begun = await self._begin()
+            if isinstance(begun, PaymentResult):
+                return begun
+            authorization, resumed_capture = begun
+            window_done = window_done or resumed_capture
         while True:
+            if isinstance(authorization, Capture):
+                return await self._record_paid(authorization)
             if self._cancel_requested and authorization is None:
                 return await self._cancel(intent_id=None)
             if authorization is None:
@@ -192,6 +262,12 @@ class PaymentWorkflow:
             if self._cancel_requested:
                 return await self._cancel(intent_id=intent_id)
 
+            if self._exactly_once:
+                self._step = "begin_capture"
+                allowed = await self._begin_capture(intent_id)
+                if not allowed.allowed:
+                    return await self._yield_to_ledger(allowed.status, intent_id)
+
             self._step = "capture"
             captured = await self._capture(intent_id)
             if isinstance(captured, ApplicationError):
@@ -212,15 +288,41 @@ class PaymentWorkflow:
                     payment_id=self._input.payment_id,
                     intent_id=intent_id,
                     amount_received=captured.amount_received,
+                    generation=self._fenced_generation(),
                 ),
                 PaymentStatus.SUCCEEDED,
             )
+            late = "a cancel came after capture began; the payment was captured"
             return PaymentResult(
                 payment_id=self._input.payment_id,
                 status=PaymentStatus.SUCCEEDED,
                 stripe_payment_intent_id=intent_id,
                 amount_received=captured.amount_received,
+                note=late if self._cancel_requested and self._exactly_once else None,
             )
+
+    async def _begin(self) -> PaymentResult | tuple[Converged, bool]:
+        """Read the row, then converge with Stripe before anything is sent. A run that
+        resumes a stranded payment, or a payment whose row was lost and made again, finds
+        what Stripe already holds for its (Stripe customer, period) and never charges twice.
+
+        Returns the row's outcome when it has already ended, or what converging found and
+        whether capture had already begun.
+        """
+        state = await self._read_payment()
+        if state.status in TERMINAL_STATUSES:
+            return PaymentResult(
+                payment_id=self._input.payment_id,
+                status=state.status,
+                stripe_payment_intent_id=state.intent_id,
+                note="the payment had already ended in the ledger",
+            )
+        self._generation = state.generation
+        self._adopt_stored_method(state)
+        found = await self._converge()
+        if isinstance(found, Authorization) and state.status == PaymentStatus.RETRYING:
+            await self._begin_generation("adopted_after_resume")
+        return found, state.status == PaymentStatus.CAPTURING
 
     async def _authorize(self) -> Authorization | ApplicationError:
         self._step = "authorize"
@@ -237,6 +339,8 @@ class PaymentWorkflow:
                     idempotency_key=idempotency_key(
                         self._input.payment_id, "auth", self._generation
                     ),
+                    billing_period=self._input.billing_period,
+                    customer_id=self._input.customer_id,
                 ),
                 start_to_close_timeout=STRIPE_TIMEOUT,
                 retry_policy=STRIPE_RETRY,
@@ -247,10 +351,11 @@ class PaymentWorkflow:
                 raise
             return failure
 
-    async def _recover(self, failure: ApplicationError) -> Authorization | PaymentResult | None:
+    async def _recover(self, failure: ApplicationError) -> Converged | PaymentResult:
         """After an authorization failed: adopt what Stripe holds, retry on the dunning
         schedule (None: authorize again), or end the payment."""
-        if failure.type == ErrorType.STRIPE_OUTCOME_UNKNOWN:
+        unknown = OUTCOME_UNKNOWN if self._exactly_once else {ErrorType.STRIPE_OUTCOME_UNKNOWN}
+        if failure.type in unknown:
             if self._lost_answers < MAX_RESENDS:
                 self._lost_answers += 1
                 return await self._new_generation("authorize_outcome_unknown")
@@ -291,14 +396,23 @@ class PaymentWorkflow:
             lambda: self._cancel_requested or self._payment_method_updated, at_most=wait
         )
 
-    async def _new_generation(self, reason: str) -> Authorization | None:
+    async def _new_generation(self, reason: str) -> Converged:
         """Converge with Stripe, then begin a new authorization generation.
 
         Returns the payment's capturable authorization if Stripe already holds one (an
         answer that was lost); the caller then records it, under the new generation,
-        instead of authorizing again.
+        instead of authorizing again. Returns the period's capture if Stripe holds one; the
+        caller records it and charges nothing.
         """
         existing = await self._converge()
+        if isinstance(existing, Capture):
+            return existing
+        if self._exactly_once:
+            await self._refresh_payment_method()
+        await self._begin_generation(reason)
+        return existing
+
+    async def _begin_generation(self, reason: str) -> None:
         self._generation += 1
         self._step = "begin_attempt"
         await self._move(
@@ -308,11 +422,51 @@ class PaymentWorkflow:
             ),
             PaymentStatus.PENDING,
         )
-        return existing
 
-    async def _converge(self) -> Authorization | None:
-        """The payment's capturable authorization at Stripe, if there is one."""
+    async def _refresh_payment_method(self) -> None:
+        """A card changed through `customers import` reaches the next attempt. A card sent
+        by the `payment_method_updated` signal stays until the stored one changes again."""
+        self._adopt_stored_method(await self._read_payment())
+
+    def _adopt_stored_method(self, state: PaymentState) -> None:
+        if state.payment_method_id != self._stored_method:
+            self._stored_method = self._payment_method = state.payment_method_id
+
+    async def _converge(self) -> Converged:
+        """What Stripe holds for this payment: a capture of its (Stripe customer, period),
+        else its one capturable authorization (any other is voided), else None."""
         self._step = "converge"
+        if not self._exactly_once:
+            return await self._find_authorization()
+        held = await self._period_intents()
+        if len(held.captured) > 1:
+            ids = ", ".join(c.intent_id for c in held.captured)
+            raise ApplicationError(
+                f"Stripe holds {len(held.captured)} captures for this customer and period: {ids}",
+                type=ErrorType.CHARGED_TWICE,
+                non_retryable=True,
+            )
+        keep = held.capturable[0] if held.capturable and not held.captured else None
+        for extra in held.capturable:
+            if extra != keep:
+                await self._void(extra.intent_id)
+        return held.captured[0] if held.captured else keep
+
+    async def _period_intents(self) -> PeriodIntents:
+        start = min(period_start(self._input.billing_period), workflow.info().start_time)
+        return await workflow.execute_activity_method(
+            StripeActivities.find_period_intents,
+            FindPeriodIntentsInput(
+                payment_id=self._input.payment_id,
+                stripe_customer_id=self._input.stripe_customer_id,
+                billing_period=self._input.billing_period,
+                created_after=int((start - PERIOD_LOOKBACK).timestamp()),
+            ),
+            start_to_close_timeout=STRIPE_TIMEOUT,
+            retry_policy=STRIPE_RETRY,
+        )
+
+    async def _find_authorization(self) -> Authorization | None:
         created_after = workflow.info().start_time - CONVERGE_LOOKBACK
         existing = await workflow.execute_activity_method(
             StripeActivities.find_authorization,
@@ -355,8 +509,12 @@ class PaymentWorkflow:
                     StripeActivities.void,
                     VoidInput(
                         intent_id=intent_id,
-                        idempotency_key=idempotency_key(
-                            self._input.payment_id, "void", self._generation, resend
+                        idempotency_key=(
+                            void_key(self._input.payment_id, intent_id, resend)
+                            if self._exactly_once
+                            else idempotency_key(
+                                self._input.payment_id, "void", self._generation, resend
+                            )
                         ),
                     ),
                     start_to_close_timeout=STRIPE_TIMEOUT,
@@ -378,7 +536,11 @@ class PaymentWorkflow:
         self._step = "record_cancellation"
         await self._move(
             LedgerActivities.record_cancellation,
-            RecordCancellationInput(payment_id=self._input.payment_id, intent_id=intent_id),
+            RecordCancellationInput(
+                payment_id=self._input.payment_id,
+                intent_id=intent_id,
+                generation=self._fenced_generation(),
+            ),
             PaymentStatus.CANCELLED,
         )
         return PaymentResult(
@@ -402,6 +564,7 @@ class PaymentWorkflow:
                 failure_code=code,
                 failure_message=failure.message,
                 intent_id=intent_id,
+                generation=self._fenced_generation(),
             ),
             PaymentStatus.FAILED,
         )
@@ -412,6 +575,113 @@ class PaymentWorkflow:
             failure_code=code,
         )
 
+    async def _record_paid(self, capture: Capture) -> PaymentResult:
+        """Stripe already holds this period's capture: record it and charge nothing."""
+        self._step = "record_paid"
+        await self._move(
+            LedgerActivities.record_paid,
+            RecordPaidInput(
+                payment_id=self._input.payment_id,
+                intent_id=capture.intent_id,
+                amount_received=capture.amount_received,
+                generation=self._generation,
+            ),
+            PaymentStatus.SUCCEEDED,
+        )
+        return PaymentResult(
+            payment_id=self._input.payment_id,
+            status=PaymentStatus.SUCCEEDED,
+            stripe_payment_intent_id=capture.intent_id,
+            amount_received=capture.amount_received,
+            note="Stripe already held this period's capture; nothing was charged again",
+        )
+
+    async def _begin_capture(self, intent_id: str) -> CaptureAllowed:
+        return await self._ledger(
+            LedgerActivities.begin_capture,
+            BeginCaptureInput(
+                payment_id=self._input.payment_id, intent_id=intent_id, generation=self._generation
+            ),
+        )
+
+    async def _read_payment(self) -> PaymentState:
+        self._step = "read_payment"
+        return await self._ledger(
+            LedgerActivities.read_payment, ReadPaymentInput(payment_id=self._input.payment_id)
+        )
+
+    async def _yield_to_ledger(self, status: PaymentStatus, intent_id: str) -> PaymentResult:
+        """Something moved the row before capture (an operator's cancel in SQL): release the
+        authorization and end as the ledger says. Anything but a cancel or a failure there
+        is unexpected."""
+        self._step = "void"
+        await self._void(intent_id)
+        if status not in (PaymentStatus.CANCELLED, PaymentStatus.FAILED):
+            raise ApplicationError(
+                f"the ledger moved the payment to {status} before capture",
+                type=ErrorType.FORBIDDEN_TRANSITION,
+                non_retryable=True,
+            )
+        workflow.upsert_search_attributes([PAYMENT_STATUS.value_set(status)])
+        return PaymentResult(
+            payment_id=self._input.payment_id,
+            status=status,
+            stripe_payment_intent_id=intent_id,
+            note=f"the ledger said {status} before capture; the authorization was voided",
+        )
+
+    async def _needs_attention(self, err: ActivityError | ApplicationError) -> PaymentResult:
+        """An error the workflow does not expect: void every live authorization of the
+        (Stripe customer, period), then record `needs_attention` with the reason."""
+        cause = err.cause if isinstance(err, ActivityError) and err.cause else err
+        reason = getattr(cause, "type", None) or type(cause).__name__
+        message = str(cause)
+        workflow.logger.warning("payment needs attention: %s: %s", reason, message)
+        self._step = "release_holds"
+        held = await self._period_intents()
+        for authorization in held.capturable:
+            try:
+                await self._void(authorization.intent_id)
+            except ActivityError as void_err:
+                message += f"; could not void {authorization.intent_id}: {void_err.cause}"
+        self._step = "record_attention"
+        await self._move(
+            LedgerActivities.record_attention,
+            RecordAttentionInput(
+                payment_id=self._input.payment_id,
+                reason=reason,
+                message=message,
+                generation=self._generation,
+            ),
+            PaymentStatus.NEEDS_ATTENTION,
+        )
+        return PaymentResult(
+            payment_id=self._input.payment_id,
+            status=PaymentStatus.NEEDS_ATTENTION,
+            failure_code=reason,
+            note=message,
+        )
+
+    def _fenced_generation(self) -> int | None:
+        """The generation a ledger write carries: None on the path of older payments."""
+        return self._generation if self._exactly_once else None
+
+    async def _ledger(
+        self,
+        activity: Callable[[LedgerActivities, LedgerInput], Awaitable[T]],
+        input: LedgerInput,
+    ) -> T:
+        """A ledger read or write as a local activity. Retries further apart than
+        LOCAL_RETRY_THRESHOLD wait on a durable timer, so a long database outage does not
+        hold the workflow task open."""
+        return await workflow.execute_local_activity_method(
+            activity,
+            input,
+            start_to_close_timeout=LEDGER_TIMEOUT,
+            retry_policy=LEDGER_RETRY,
+            local_retry_threshold=LOCAL_RETRY_THRESHOLD,
+        )
+
     async def _move(
         self,
         activity: Callable[[LedgerActivities, LedgerInput], Awaitable[None]],
@@ -420,15 +690,7 @@ class PaymentWorkflow:
     ) -> None:
         """Record a transition in the ledger, then show the new status in the Web UI."""
         if self._local_ledger:
-            # Retries further apart than LOCAL_RETRY_THRESHOLD wait on a durable timer, so a
-            # long database outage does not hold the workflow task open.
-            await workflow.execute_local_activity_method(
-                activity,
-                input,
-                start_to_close_timeout=LEDGER_TIMEOUT,
-                retry_policy=LEDGER_RETRY,
-                local_retry_threshold=LOCAL_RETRY_THRESHOLD,
-            )
+            await self._ledger(activity, input)
         else:
             await workflow.execute_activity_method(
                 activity, input, start_to_close_timeout=LEDGER_TIMEOUT, retry_policy=LEDGER_RETRY
