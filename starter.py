@@ -24,6 +24,7 @@ from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
     WorkflowExecutionStatus,
+    WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -40,7 +41,7 @@ from billing.constants import (
 from billing.customers_csv import InvalidCsv, read_customers
 from billing.demo import seed_demo_customers
 from billing.durations import InvalidDuration, check_capture_delay, parse_duration
-from billing.launcher import LaunchSummary, launch_period, wait_for_payments
+from billing.launcher import LaunchSummary, NotEnded, launch_period, wait_for_payments
 from billing.ledger import Ledger, ReconcileLedger, migrate, open_pool
 from billing.models import PaymentRecord
 from billing.period import InvalidPeriod, current_period, parse_period
@@ -132,7 +133,13 @@ async def wait_for_period(svc: Services, period: str) -> None:
     ids = [p.id for p in await svc.ledger.period_payments(period)]
     with progress_bar() as progress:
         task = progress.add_task(f"waiting for {period}", total=len(ids))
-        await wait_for_payments(client, ids, on_progress=lambda: progress.advance(task))
+        ended = await wait_for_payments(client, ids, on_progress=lambda: progress.advance(task))
+    for payment in ended:
+        if isinstance(payment, NotEnded):
+            out.print(
+                f"payment {payment.payment_id}: its workflow closed without ending the payment "
+                f"({payment.why}); `bill {period}` resumes it"
+            )
 
 
 def print_launch_summary(period: str, summary: LaunchSummary) -> None:
@@ -222,27 +229,36 @@ CANCEL_EXIT_CODES = {
     CancelOutcome.ALREADY_CANCELLED: 3,
     CancelOutcome.ALREADY_CAPTURED: 4,
     CancelOutcome.FAILED: 5,
+    CancelOutcome.REQUESTED: 6,
+    CancelOutcome.NEEDS_ATTENTION: 7,
 }
 OUTCOME_OF_FINAL_STATUS = {
     PaymentStatus.CANCELLED: CancelOutcome.ALREADY_CANCELLED,
     PaymentStatus.SUCCEEDED: CancelOutcome.ALREADY_CAPTURED,
     PaymentStatus.FAILED: CancelOutcome.FAILED,
+    PaymentStatus.NEEDS_ATTENTION: CancelOutcome.NEEDS_ATTENTION,
 }
+CANCEL_TIMEOUT_S = 30.0
+QUERY_TIMEOUT = timedelta(seconds=3)
 
 
-async def cancel(svc: Services, payment_id: str) -> CancelOutcome:
-    """Ask the payment's workflow to cancel and wait for what it did.
+async def cancel(
+    svc: Services, payment_id: str, *, deadline_s: float = CANCEL_TIMEOUT_S
+) -> tuple[CancelOutcome, str | None]:
+    """Ask the payment's workflow to cancel and wait, at most `deadline_s`, for what it
+    did. Returns the outcome, and for REQUESTED the step the payment is at.
 
     Update-with-start: a payment whose workflow has not started yet is started already
-    cancelled, so it can never authorize. A finished workflow cannot be updated; the ledger
-    then says how the payment ended.
+    cancelled, so it can never authorize; a stranded one (open row, closed workflow) gets a
+    new run that converges, then cancels. Past the deadline the `cancel` signal is sent too,
+    so the request is recorded even when no worker runs now, and takes effect.
     """
     found = await svc.ledger.payment_input(payment_id, svc.settings.billing_policy())
     if found is None:
-        return CancelOutcome.UNKNOWN_PAYMENT
+        return CancelOutcome.UNKNOWN_PAYMENT, None
     payment, status = found
     if status in OUTCOME_OF_FINAL_STATUS:
-        return OUTCOME_OF_FINAL_STATUS[status]
+        return OUTCOME_OF_FINAL_STATUS[status], None
     client = await svc.temporal()
     start = WithStartWorkflowOperation(
         PaymentWorkflow.run,
@@ -250,20 +266,41 @@ async def cancel(svc: Services, payment_id: str) -> CancelOutcome:
         id=workflow_id(payment.payment_id),
         task_queue=svc.settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         search_attributes=starting_search_attributes(payment.billing_period, payment.customer_id),
     )
     try:
         # By name: the SDK's typing of an async update handler does not fit this call.
-        outcome = await client.execute_update_with_start_workflow(
-            "cancel_payment", start_workflow_operation=start, result_type=CancelOutcome
+        outcome = await asyncio.wait_for(
+            client.execute_update_with_start_workflow(
+                "cancel_payment", start_workflow_operation=start, result_type=CancelOutcome
+            ),
+            deadline_s,
         )
-        return CancelOutcome(outcome)
+        return CancelOutcome(outcome), None
+    except TimeoutError:
+        return CancelOutcome.REQUESTED, await request_cancel(svc, payment_id)
     except (WorkflowAlreadyStartedError, WorkflowUpdateFailedError, RPCError) as err:
         record = await svc.ledger.payment(payment_id)
         if record is not None and record.status in OUTCOME_OF_FINAL_STATUS:
-            return OUTCOME_OF_FINAL_STATUS[record.status]
+            return OUTCOME_OF_FINAL_STATUS[record.status], None
         raise CliError(f"could not cancel payment {payment_id}: {err}") from err
+
+
+async def request_cancel(svc: Services, payment_id: str) -> str:
+    """Send the durable `cancel` signal and say where the payment is: its workflow's step,
+    or its ledger status when no worker answers."""
+    client = await svc.temporal()
+    handle = client.get_workflow_handle_for(PaymentWorkflow.run, workflow_id(payment_id))
+    try:
+        await handle.signal(PaymentWorkflow.cancel)
+    except RPCError as err:
+        raise CliError(f"could not send cancel to payment {payment_id}: {err}") from err
+    try:
+        return await handle.query(PaymentWorkflow.current_step, rpc_timeout=QUERY_TIMEOUT)
+    except (RPCError, WorkflowQueryFailedError):
+        record = await svc.ledger.payment(payment_id)
+        return f"{record.status.value if record else 'unknown'} (in the ledger)"
 
 
 EXIT_DISCREPANCY = 1
@@ -346,6 +383,16 @@ async def demo(svc: Services) -> None:
     out.print(f"Web UI: {web_ui_url(svc.settings, namespace, period)}")
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, not {text!r}")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="starter.py", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -360,9 +407,18 @@ def build_parser() -> argparse.ArgumentParser:
     cancel_cmd = commands.add_parser(
         "cancel",
         help="void a payment not yet captured; exit 0 cancelled, 2 unknown payment, "
-        "3 already cancelled, 4 already captured, 5 failed",
+        "3 already cancelled, 4 already captured, 5 failed, 6 requested (deadline passed), "
+        "7 needs attention",
     )
     cancel_cmd.add_argument("payment_id")
+    cancel_cmd.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=CANCEL_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"how long to wait for the outcome (default {CANCEL_TIMEOUT_S:g}); "
+        "the request takes effect either way",
+    )
     status_cmd = commands.add_parser("status", help="show one payment and its history")
     status_cmd.add_argument("payment_id")
     report_cmd = commands.add_parser("report", help="counts and amounts by status")
@@ -395,9 +451,12 @@ async def dispatch(args: argparse.Namespace, settings: Settings, client: Client 
             assert period is not None
             await bill(svc, period, wait=args.wait, capture_after=capture_delay)
         elif args.command == "cancel":
-            outcome = await cancel(svc, args.payment_id)
-            too_late = outcome == CancelOutcome.ALREADY_CAPTURED
-            out.print(f"{outcome.value}{' (too late)' if too_late else ''}")
+            outcome, step = await cancel(svc, args.payment_id, deadline_s=args.timeout)
+            if outcome == CancelOutcome.REQUESTED:
+                out.print(f"{outcome.value}; the payment is at step {step}")
+            else:
+                too_late = outcome == CancelOutcome.ALREADY_CAPTURED
+                out.print(f"{outcome.value}{' (too late)' if too_late else ''}")
             return CANCEL_EXIT_CODES[outcome]
         elif args.command == "report":
             assert period is not None

@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
@@ -42,8 +42,11 @@ async def launch_period(
 
     A payment's policy (capture window, dunning) is fixed when its workflow starts.
 
-    The workflow id derives from the payment; REJECT_DUPLICATE keeps a finished payment
-    finished, and FAIL on conflict keeps a running one single.
+    The workflow id derives from the payment, and FAIL on conflict keeps a running one
+    single. A payment the ledger holds open whose workflow is closed (terminated, or a row
+    restored from a backup) is stranded: it gets a new run (ALLOW_DUPLICATE), which reads the
+    row and converges with Stripe before sending anything, so it never charges twice. Rows
+    the ledger holds final are never started again.
     """
     summary = LaunchSummary(rows_created=await ledger.create_period_payments(period))
     payments = await ledger.period_payment_inputs(period, policy)
@@ -60,7 +63,7 @@ async def launch_period(
                     payment,
                     id=workflow_id(payment.payment_id),
                     task_queue=task_queue,
-                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                     id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                     search_attributes=starting_search_attributes(
                         payment.billing_period, payment.customer_id
@@ -75,17 +78,29 @@ async def launch_period(
     return summary
 
 
+@dataclass(frozen=True)
+class NotEnded:
+    """A payment whose workflow closed without a result: terminated, or failed by a worker
+    from before every error ended in a ledger status."""
+
+    payment_id: str
+    why: str
+
+
 async def wait_for_payments(
     client: Client,
     payment_ids: Sequence[str],
     *,
     on_progress: Callable[[], None] = lambda: None,
-) -> list[PaymentResult]:
-    async def wait(payment_id: str) -> PaymentResult:
+) -> list[PaymentResult | NotEnded]:
+    async def wait(payment_id: str) -> PaymentResult | NotEnded:
         handle: WorkflowHandle[PaymentWorkflow, PaymentResult] = client.get_workflow_handle(
             workflow_id(payment_id), result_type=PaymentResult
         )
-        result = await handle.result()
+        try:
+            result: PaymentResult | NotEnded = await handle.result()
+        except WorkflowFailureError as err:
+            result = NotEnded(payment_id, str(err.cause or err))
         on_progress()
         return result
 
