@@ -104,6 +104,9 @@ class Sandbox:
         self.clock = SandboxClock()
         self.clock.on_advance(self._on_clock_advance)
         self._search_lag_seconds = search_lag_seconds
+        # Stripe marks a 5xx stored under a key with `Stripe-Should-Retry: false`; turned off,
+        # only a replay's `Idempotent-Replayed: true` says that retrying cannot help.
+        self.mark_stored_errors = True
         self._limiter = RateLimiter(mode, enabled=rate_limits, monotonic=monotonic)
         self._faults = FaultBook(random.Random(self._rng.random()))
         self._fresh_state()
@@ -267,7 +270,8 @@ class Sandbox:
             headers["Idempotency-Key"] = key
         if outcome.replayed:
             headers["Idempotent-Replayed"] = "true"
-        if outcome.status >= 500 and (outcome.replayed or "error_after" in outcome.faults):
+        stored = outcome.replayed or "error_after" in outcome.faults
+        if outcome.status >= 500 and stored and self.mark_stored_errors:
             # The result is stored under the key; retrying would only replay it.
             headers["Stripe-Should-Retry"] = "false"
         return web.Response(status=outcome.status, body=outcome.body, headers=headers)
