@@ -72,7 +72,7 @@ async def test_a_month_is_billed_exactly_once(
             if expected_status == PaymentStatus.SUCCEEDED:
                 assert intent["status"] == "succeeded"
                 assert intent["amount_received"] == payment.amount == payment.amount_received
-                assert events == ["pending", "authorized", "succeeded"]
+                assert events == ["pending", "authorized", "capturing", "succeeded"]
             elif expected_code == "insufficient_funds":  # a soft decline: retried once
                 assert len(intents) == 2
                 assert {i["status"] for i in intents} == {"requires_payment_method"}

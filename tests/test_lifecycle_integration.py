@@ -93,7 +93,15 @@ async def test_an_expired_authorization_is_reauthorized_and_captured_once(
     assert second["status"] == "succeeded"
     assert payment.generation == 2
     events = [e.to_status for e in await Ledger(pool).events(payment.id)]
-    assert events == ["pending", "authorized", "pending", "authorized", "succeeded"]
+    assert events == [
+        "pending",
+        "authorized",
+        "capturing",
+        "pending",
+        "authorized",
+        "capturing",
+        "succeeded",
+    ]
 
 
 async def wait_for_status(ledger: Ledger, status: PaymentStatus) -> PaymentRecord:

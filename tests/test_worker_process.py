@@ -44,7 +44,7 @@ async def test_sigterm_lets_the_in_flight_capture_finish(
         [intent] = sandbox.payment_intents()
         assert intent["status"] == "succeeded"
         [payment] = await Ledger(pool).period_payments(PERIOD)
-        assert payment.status == PaymentStatus.AUTHORIZED
+        assert payment.status == PaymentStatus.CAPTURING
 
         workers.start()
         assert await execute(["bill", PERIOD, "--wait"], settings, temporal_env.client) == 0
