@@ -41,7 +41,7 @@ from billing.customers_csv import InvalidCsv, read_customers
 from billing.demo import seed_demo_customers
 from billing.durations import InvalidDuration, check_capture_delay, parse_duration
 from billing.launcher import LaunchSummary, launch_period, wait_for_payments
-from billing.ledger import Ledger, ReconcileLedger, migrate, open_pool
+from billing.ledger import CustomerConflict, Ledger, ReconcileLedger, migrate, open_pool
 from billing.models import PaymentRecord
 from billing.period import InvalidPeriod, current_period, parse_period
 from billing.reconcile import Comparison, reconcile
@@ -326,7 +326,10 @@ async def import_customers(svc: Services, path: Path) -> None:
         customers = read_customers(path)
     except InvalidCsv as err:
         raise CliError(str(err)) from err
-    count = await svc.ledger.upsert_customers(customers)
+    try:
+        count = await svc.ledger.upsert_customers(customers)
+    except CustomerConflict as err:
+        raise CliError(str(err)) from err
     out.print(f"imported {count} customers from {path}")
 
 
@@ -424,11 +427,11 @@ async def execute(
     try:
         return await dispatch(args, settings or Settings(), client)
     except (CliError, InvalidPeriod, InvalidDuration) as err:
-        err_console.print(f"error: {err}", highlight=False)
+        err_console.print(f"error: {err}", highlight=False, markup=False)
     except ValidationError as err:
         problem = err.errors()[0]
         where = ".".join(str(part) for part in problem["loc"]).upper()
-        err_console.print(f"error: {where}: {problem['msg']}", highlight=False)
+        err_console.print(f"error: {where}: {problem['msg']}", highlight=False, markup=False)
     return EXIT_BAD_INPUT
 
 
