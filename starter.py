@@ -43,6 +43,7 @@ from billing.durations import InvalidDuration, check_capture_delay, parse_durati
 from billing.launcher import LaunchSummary, launch_period, wait_for_payments
 from billing.ledger import CustomerConflict, Ledger, ReconcileLedger, migrate, open_pool
 from billing.models import PaymentRecord
+from billing.money import format_amount
 from billing.period import InvalidPeriod, current_period, parse_period
 from billing.reconcile import Comparison, reconcile
 from billing.settings import Settings
@@ -185,7 +186,7 @@ async def report(svc: Services, period: str, *, as_json: bool) -> None:
     for column in ("status", "currency", "count", "amount"):
         table.add_column(column, justify="right" if column in ("count", "amount") else "left")
     for (status, currency), (count, amount) in totals.items():
-        table.add_row(status, currency, str(count), f"{amount / 100:,.2f}")
+        table.add_row(status, currency, str(count), format_amount(amount, currency))
     out.print(table)
 
 
