@@ -42,8 +42,9 @@ from billing.customers_csv import InvalidCsv, read_customers
 from billing.demo import seed_demo_customers
 from billing.durations import InvalidDuration, check_capture_delay, parse_duration
 from billing.launcher import LaunchSummary, NotEnded, launch_period, wait_for_payments
-from billing.ledger import Ledger, ReconcileLedger, migrate, open_pool
+from billing.ledger import CustomerConflict, Ledger, ReconcileLedger, migrate, open_pool
 from billing.models import PaymentRecord
+from billing.money import format_amount
 from billing.period import InvalidPeriod, current_period, parse_period
 from billing.reconcile import Comparison, reconcile
 from billing.settings import Settings
@@ -192,7 +193,7 @@ async def report(svc: Services, period: str, *, as_json: bool) -> None:
     for column in ("status", "currency", "count", "amount"):
         table.add_column(column, justify="right" if column in ("count", "amount") else "left")
     for (status, currency), (count, amount) in totals.items():
-        table.add_row(status, currency, str(count), f"{amount / 100:,.2f}")
+        table.add_row(status, currency, str(count), format_amount(amount, currency))
     out.print(table)
 
 
@@ -363,7 +364,10 @@ async def import_customers(svc: Services, path: Path) -> None:
         customers = read_customers(path)
     except InvalidCsv as err:
         raise CliError(str(err)) from err
-    count = await svc.ledger.upsert_customers(customers)
+    try:
+        count = await svc.ledger.upsert_customers(customers)
+    except CustomerConflict as err:
+        raise CliError(str(err)) from err
     out.print(f"imported {count} customers from {path}")
 
 
@@ -483,11 +487,11 @@ async def execute(
     try:
         return await dispatch(args, settings or Settings(), client)
     except (CliError, InvalidPeriod, InvalidDuration) as err:
-        err_console.print(f"error: {err}", highlight=False)
+        err_console.print(f"error: {err}", highlight=False, markup=False)
     except ValidationError as err:
         problem = err.errors()[0]
         where = ".".join(str(part) for part in problem["loc"]).upper()
-        err_console.print(f"error: {where}: {problem['msg']}", highlight=False)
+        err_console.print(f"error: {where}: {problem['msg']}", highlight=False, markup=False)
     return EXIT_BAD_INPUT
 
 

@@ -43,7 +43,7 @@ def read_customers(path: Path) -> list[NewCustomer]:
 
 def _rows(path: Path, reader: "csv.DictReader[str]") -> list[NewCustomer]:
     customers: list[NewCustomer] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}
     for row in reader:
         line = reader.line_num
         if None in row or any(row.get(c) is None for c in REQUIRED_COLUMNS):
@@ -66,11 +66,26 @@ def _rows(path: Path, reader: "csv.DictReader[str]") -> list[NewCustomer]:
             problem = err.errors()[0]
             column = ".".join(str(part) for part in problem["loc"])
             raise InvalidCsv(f"{path} line {line}: {column}: {problem['msg']}") from err
-        if customer.email in seen:
-            first = seen[customer.email]
-            raise InvalidCsv(f"{path} line {line}: {customer.email} is already on line {first}")
-        seen[customer.email] = line
+        _refuse_repeat(path, line, customer, seen)
         customers.append(customer)
     if not customers:
         raise InvalidCsv(f"{path} has no customer rows")
     return customers
+
+
+def _refuse_repeat(
+    path: Path, line: int, customer: NewCustomer, seen: dict[str, tuple[int, str]]
+) -> None:
+    """One row per customer: a customer is its Stripe customer id, and emails compare
+    ignoring case. A repeat of either names both lines."""
+    for key, shown in (
+        (customer.stripe_customer_id, customer.stripe_customer_id),
+        (customer.email.lower(), customer.email),
+    ):
+        first, first_shown = seen.setdefault(key, (line, shown))
+        if first != line:
+            case = "" if first_shown == shown else f" as {first_shown} (case does not count)"
+            raise InvalidCsv(
+                f"{path} line {line}: {shown} is already on line {first}{case}; "
+                "keep one row per customer"
+            )

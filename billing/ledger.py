@@ -5,9 +5,10 @@ All SQL lives here. Every payment write is a guarded transition that appends to
 """
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -57,19 +58,31 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at  timestamptz NOT NULL DEFAULT now()
 )"""
 
-UPSERT_CUSTOMER = """
+# Imports serialize: an import checks the rows it may touch, then writes them.
+LOCK_CUSTOMERS = "LOCK TABLE customers IN SHARE ROW EXCLUSIVE MODE"
+
+CUSTOMERS_MATCHING = """
+SELECT id, email, stripe_customer_id FROM customers
+WHERE stripe_customer_id = ANY($1::text[]) OR lower(email) = ANY($2::text[])"""
+
+INSERT_CUSTOMER = """
 INSERT INTO customers (email, stripe_customer_id, payment_method_id, monthly_amount, currency,
                        active)
-VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT (email) DO UPDATE SET
-    stripe_customer_id = EXCLUDED.stripe_customer_id,
-    payment_method_id = EXCLUDED.payment_method_id,
-    monthly_amount = EXCLUDED.monthly_amount,
-    currency = EXCLUDED.currency,
-    active = EXCLUDED.active,
-    updated_at = now()"""
+VALUES ($1, $2, $3, $4, $5, $6)"""
 
-CUSTOMER_BY_EMAIL = "SELECT stripe_customer_id, payment_method_id FROM customers WHERE email = $1"
+UPDATE_CUSTOMER = """
+UPDATE customers SET
+    email = $1,
+    stripe_customer_id = $2,
+    payment_method_id = $3,
+    monthly_amount = $4,
+    currency = $5,
+    active = $6,
+    updated_at = now()
+WHERE id = $7"""
+
+CUSTOMER_BY_EMAIL = """
+SELECT stripe_customer_id, payment_method_id FROM customers WHERE lower(email) = lower($1)"""
 
 CREATE_PERIOD_PAYMENTS = """
 WITH created AS (
@@ -145,6 +158,10 @@ class ForbiddenTransition(LedgerError):
     pass
 
 
+class CustomerConflict(LedgerError):
+    """An import would put one Stripe customer, or one email, on two customer rows."""
+
+
 async def open_pool(database_url: str, *, max_size: int = 10) -> asyncpg.Pool:
     """One pool per process: created at start, closed at its end."""
     return await asyncpg.create_pool(database_url, min_size=1, max_size=max_size)
@@ -176,23 +193,45 @@ class Ledger:
         self._pool = pool
 
     async def upsert_customers(self, customers: Iterable[NewCustomer]) -> int:
-        """All or nothing: one transaction for the whole batch."""
-        rows = [
-            (
-                c.email,
-                c.stripe_customer_id,
-                c.payment_method_id,
-                c.monthly_amount,
-                c.currency,
-                c.active,
-            )
-            for c in customers
-        ]
+        """All or nothing: one transaction for the whole batch.
+
+        A customer is its Stripe customer id; emails compare ignoring case. A row updates the
+        customer with its Stripe id, else the customer with its email (who moved to a new
+        Stripe customer; payments keep the id they billed), else it is new. Raises
+        CustomerConflict, writing nothing, when a row's Stripe id and email belong to two
+        different customers, when two rows match one customer, or when two rows share a
+        Stripe id or an email.
+        """
+        batch = list(customers)
+        _refuse_duplicates(batch)
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.executemany(UPSERT_CUSTOMER, rows)
+            await conn.execute(LOCK_CUSTOMERS)
+            existing = await conn.fetch(
+                CUSTOMERS_MATCHING,
+                [c.stripe_customer_id for c in batch],
+                [c.email.lower() for c in batch],
+            )
+            targets = _match_existing(batch, existing)
+            rows = [
+                (
+                    c.email,
+                    c.stripe_customer_id,
+                    c.payment_method_id,
+                    c.monthly_amount,
+                    c.currency,
+                    c.active,
+                )
+                for c in batch
+            ]
+            updates = [(*row, t) for row, t in zip(rows, targets, strict=True) if t is not None]
+            inserts = [row for row, t in zip(rows, targets, strict=True) if t is None]
+            await conn.executemany(UPDATE_CUSTOMER, updates)
+            await conn.executemany(INSERT_CUSTOMER, inserts)
         return len(rows)
 
     async def stripe_ids_of(self, email: str) -> tuple[str, str] | None:
+        """The Stripe customer and payment method of the customer with this email, in any
+        case."""
         row = await self._pool.fetchrow(CUSTOMER_BY_EMAIL, email)
         return None if row is None else (row["stripe_customer_id"], row["payment_method_id"])
 
@@ -316,6 +355,55 @@ class Ledger:
                 APPEND_EVENT, payment_id, current.value, to.value, json.dumps(event_detail)
             )
         return True
+
+
+def _refuse_duplicates(batch: Sequence[NewCustomer]) -> None:
+    seen: dict[str, NewCustomer] = {}
+    for c in batch:
+        for key in (c.stripe_customer_id, c.email.lower()):
+            first = seen.setdefault(key, c)
+            if first is not c:
+                raise CustomerConflict(
+                    f"{_who(first)} and {_who(c)} share {key}; keep one row per customer; "
+                    "nothing was imported"
+                )
+
+
+def _match_existing(
+    batch: Sequence[NewCustomer], existing: Sequence[asyncpg.Record]
+) -> list[UUID | None]:
+    """The existing customer each row updates (its id), or None for a new customer."""
+    by_stripe_id = {r["stripe_customer_id"]: r for r in existing}
+    by_email = {r["email"].lower(): r for r in existing}
+    claimed: dict[UUID, NewCustomer] = {}
+    targets: list[UUID | None] = []
+    for c in batch:
+        same_id = by_stripe_id.get(c.stripe_customer_id)
+        same_email = by_email.get(c.email.lower())
+        if same_id is not None and same_email is not None and same_id["id"] != same_email["id"]:
+            raise CustomerConflict(
+                f"cannot import {_who(c)}: {c.stripe_customer_id} belongs to the customer "
+                f"{same_id['email']} and {c.email} to another customer "
+                f"({same_email['stripe_customer_id']}); correct the row, or change the other "
+                "customer first; nothing was imported"
+            )
+        match = same_id if same_id is not None else same_email
+        if match is None:
+            targets.append(None)
+            continue
+        other = claimed.setdefault(match["id"], c)
+        if other is not c:
+            raise CustomerConflict(
+                f"{_who(other)} and {_who(c)} both match the customer "
+                f"{match['email']} ({match['stripe_customer_id']}); keep one of the two rows; "
+                "nothing was imported"
+            )
+        targets.append(match["id"])
+    return targets
+
+
+def _who(c: NewCustomer) -> str:
+    return f"{c.email} ({c.stripe_customer_id})"
 
 
 def _payment_input(row: asyncpg.Record, policy: BillingPolicy) -> PaymentInput:
