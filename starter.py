@@ -26,6 +26,7 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -279,7 +280,7 @@ async def cancel(
             deadline_s,
         )
         return CancelOutcome(outcome), None
-    except TimeoutError:
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
         return CancelOutcome.REQUESTED, await request_cancel(svc, payment_id)
     except (WorkflowAlreadyStartedError, WorkflowUpdateFailedError, RPCError) as err:
         record = await svc.ledger.payment(payment_id)
