@@ -2,8 +2,8 @@
 
 It records only the cases that have no file yet. Re-record (`--all`) only on purpose: the
 replay test exists to catch a workflow change that would break payments already running, so
-record from the old code before changing it, not after. `--all` never re-records the
-BEFORE_LOCAL_LEDGER cases: they hold the only histories of the unpatched path.
+record from the old code before changing it, not after. `--all` never re-records the FROZEN
+cases: they hold the only histories of the paths before each patch.
 """
 
 import argparse
@@ -17,7 +17,13 @@ from temporalio.client import WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
-from billing.constants import CancelOutcome, ErrorType, starting_search_attributes, workflow_id
+from billing.constants import (
+    CancelOutcome,
+    ErrorType,
+    PaymentStatus,
+    starting_search_attributes,
+    workflow_id,
+)
 from billing.models import BillingPolicy, PaymentMethodUpdate
 from billing.stack.temporal import start_local_environment
 from tests.stubs import StubActivities, business_error, declined, payment_input
@@ -64,6 +70,27 @@ BEFORE_LOCAL_LEDGER = frozenset(
 )
 
 
+# Recorded 2026-11-28 from the code before the exactly-once-per-period patch: the only
+# histories of that path's voids, update, signal and failures.
+BEFORE_EXACTLY_ONCE = frozenset(
+    {
+        "local_ledger_succeeded",
+        "local_ledger_dunning_then_succeeded",
+        "local_ledger_started_without_attributes",
+        "local_ledger_cancelled_in_window",
+        "local_ledger_new_card_in_dunning",
+        "local_ledger_capture_failed_voided",
+        "local_ledger_hard_decline",
+    }
+)
+FROZEN = BEFORE_LOCAL_LEDGER | BEFORE_EXACTLY_ONCE
+
+
+async def cancel_by_temporal(handle: Handle, stubs: StubActivities) -> None:
+    await stubs.reached("record_authorization").wait()
+    await handle.cancel()
+
+
 def cases() -> dict[str, Case]:
     return {
         "payment_succeeded": Case(StubActivities(capture_errors=[RuntimeError("reset")])),
@@ -101,6 +128,18 @@ def cases() -> dict[str, Case]:
         ),
         "local_ledger_hard_decline": Case(
             StubActivities(authorize_errors=[declined("generic_decline")])
+        ),
+        "exactly_once_succeeded": Case(StubActivities(capture_errors=[RuntimeError("reset")])),
+        "exactly_once_cancelled_by_temporal": Case(
+            StubActivities(), BillingPolicy(capture_delay=HOUR), during=cancel_by_temporal
+        ),
+        "exactly_once_new_card_in_dunning": Case(
+            StubActivities(authorize_errors=[declined("insufficient_funds"), None]),
+            BillingPolicy(dunning_schedule=(HOUR,)),
+            during=new_card_in_dunning,
+        ),
+        "exactly_once_capture_refused_by_ledger": Case(
+            StubActivities(capture_refused_by=PaymentStatus.CANCELLED)
         ),
         "payment_lost_answer_new_generation": Case(
             StubActivities(
@@ -153,7 +192,7 @@ def main() -> None:
     names = [
         n
         for n in cases()
-        if not (HISTORIES / f"{n}.json").exists() or (args.all and n not in BEFORE_LOCAL_LEDGER)
+        if not (HISTORIES / f"{n}.json").exists() or (args.all and n not in FROZEN)
     ]
     asyncio.run(record(names))
 

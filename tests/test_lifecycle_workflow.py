@@ -15,11 +15,14 @@ from billing.models import (
     AuthorizeInput,
     BeginAttemptInput,
     BillingPolicy,
+    Capture,
     PaymentInput,
     PaymentMethodUpdate,
     PaymentResult,
+    PeriodIntents,
     RecordAuthorizationInput,
     RecordCancellationInput,
+    VoidInput,
 )
 from tests.stubs import StubActivities, business_error, declined, payment_input
 from workflows.payment import MAX_RESENDS, PaymentWorkflow
@@ -338,3 +341,57 @@ async def test_a_capture_that_fails_for_good_voids_the_authorization(
         result = await (await start(env, task_queue, payment)).result()
     assert (result.status, result.failure_code) == (PaymentStatus.FAILED, error)
     assert stubs.names()[-3:] == ["capture", "void", "record_failure"]
+
+
+@pytest.mark.parametrize("error", [ErrorType.KEY_MAY_BE_FORGOTTEN, ErrorType.IDEMPOTENCY_CONFLICT])
+async def test_an_authorize_key_that_cannot_be_replayed_converges_then_moves_on(
+    env: WorkflowEnvironment, task_queue: str, error: ErrorType
+) -> None:
+    """A key Stripe may have forgotten, or one used with other parameters (a new card on a
+    resumed run): converge, then authorize under a new generation."""
+    stubs = StubActivities(authorize_errors=[business_error(error), None])
+    payment = payment_input()
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    prefix = f"pay_{payment.payment_id}"
+    assert result.status == PaymentStatus.SUCCEEDED
+    assert stubs.keys("authorize") == [f"{prefix}_auth_1", f"{prefix}_auth_2"]
+    assert len(stubs.inputs("find_period_intents")) == 2
+
+
+async def test_a_capture_stripe_already_holds_is_recorded_not_made_again(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    stubs = StubActivities(
+        held_at_stripe=[
+            PeriodIntents(captured=(Capture(intent_id="pi_paid", amount_received=4200),))
+        ]
+    )
+    payment = payment_input()
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    assert (result.status, result.stripe_payment_intent_id) == (PaymentStatus.SUCCEEDED, "pi_paid")
+    assert stubs.names() == ["read_payment", "find_period_intents", "record_paid"]
+
+
+async def test_two_captures_for_one_period_end_needs_attention(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    paid = [Capture(intent_id=f"pi_{n}", amount_received=4200) for n in (1, 2)]
+    stubs = StubActivities(
+        held_at_stripe=[
+            PeriodIntents(captured=tuple(paid)),
+            PeriodIntents(capturable=(Authorization(intent_id="pi_3", amount_capturable=4200),)),
+        ]
+    )
+    payment = payment_input()
+    async with worker(env, task_queue, stubs):
+        handle = await start(env, task_queue, payment)
+        result = await handle.result()
+    assert (result.status, result.failure_code) == (
+        PaymentStatus.NEEDS_ATTENTION,
+        ErrorType.CHARGED_TWICE,
+    )
+    assert [v.intent_id for v in stubs.inputs("void") if isinstance(v, VoidInput)] == ["pi_3"]
+    assert stubs.names()[-1] == "record_attention"
+    assert "authorize" not in stubs.names()
