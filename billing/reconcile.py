@@ -31,6 +31,7 @@ from billing.reconcile_checks import (
 )
 from billing.stripe_client import (
     CAPTURABLE,
+    ReadBackFailed,
     cancel_and_read_back,
     list_customer_intents,
     read_retried,
@@ -182,7 +183,7 @@ async def void_orphan(client: stripe.StripeClient, intent_id: str) -> VoidOutcom
                 idempotency_key=void_key(intent_id, resend),
                 read=read_retried,
             )
-        except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError):
+        except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError, ReadBackFailed):
             await asyncio.sleep(VOID_PAUSE_SECONDS)  # the same key replays or makes the call
             continue
         except stripe.StripeError:

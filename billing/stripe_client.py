@@ -110,6 +110,16 @@ async def list_customer_intents(
         params["starting_after"] = page.data[-1].id
 
 
+class ReadBackFailed(Exception):
+    """The read after a cancel failed. Not a StripeError, so that no caller takes the read's
+    error for the keyed call's: a read stores nothing under a key, and a 5xx on it is always
+    worth retrying. `error` is the read's StripeError."""
+
+    def __init__(self, error: stripe.StripeError) -> None:
+        super().__init__(f"reading the PaymentIntent back failed: {error}")
+        self.error = error
+
+
 @dataclass(frozen=True)
 class CancelAnswer:
     """What a cancel came to: the intent as Stripe holds it, and the error the cancel raised
@@ -150,8 +160,9 @@ async def cancel_and_read_back(
 
     When Stripe refuses it as `payment_intent_unexpected_state`, or answers a 500 stored under
     the key, the intent is read back through `read`: it may be cancelled already, captured, or
-    (after a stored 500) still capturable, which then needs a new key. Any other error is
-    raised as it is: sending the same key again replays Stripe's answer or makes the call.
+    (after a stored 500) still capturable, which then needs a new key. If that read fails,
+    ReadBackFailed is raised. Any other error of the cancel is raised as it is: sending the
+    same key again replays Stripe's answer or makes the call.
     """
     try:
         intent = await client.v1.payment_intents.cancel_async(
@@ -160,6 +171,9 @@ async def cancel_and_read_back(
     except stripe.StripeError as err:
         if not needs_read_back(err):
             raise
-        intent = await read(lambda: client.v1.payment_intents.retrieve_async(intent_id))
+        try:
+            intent = await read(lambda: client.v1.payment_intents.retrieve_async(intent_id))
+        except stripe.StripeError as read_error:
+            raise ReadBackFailed(read_error) from read_error
         return CancelAnswer(intent, err)
     return CancelAnswer(intent, None)

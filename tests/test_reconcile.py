@@ -20,6 +20,7 @@ from billing.settings import Settings
 from billing.stripe_client import (
     LIST_PAGE,
     CancelAnswer,
+    ReadBackFailed,
     cancel_and_read_back,
     list_customer_intents,
     make_stripe_client,
@@ -671,3 +672,8 @@ async def test_a_void_reads_the_intent_back_when_stripe_does_not_answer_plainly(
     taken = await make_intent(settings, customer, method, {}, 1000)
     refused = await cancel(taken.id, "void_4")
     assert refused.captured and not refused.cancelled
+    # A read back that fails is told apart from the keyed cancel's own errors.
+    sandbox.add_fault(FaultRule(kind="error_after", endpoint="payment_intents.retrieve"))
+    with pytest.raises(ReadBackFailed) as failed:
+        await cancel(taken.id, "void_5")
+    assert isinstance(failed.value.error, stripe.APIError)
