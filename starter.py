@@ -47,7 +47,7 @@ from billing.ledger import CustomerConflict, Ledger, ReconcileLedger, migrate, o
 from billing.models import PaymentRecord
 from billing.money import format_amount
 from billing.period import InvalidPeriod, current_period, parse_period
-from billing.reconcile import Comparison, reconcile
+from billing.reconcile import Comparison, Kind, reconcile
 from billing.settings import Settings
 from billing.stripe_client import make_stripe_client
 from billing.temporal_client import connect_temporal
@@ -313,38 +313,66 @@ def table_width(table: Table) -> int:
 
 
 async def reconcile_period(svc: Services, period: str, *, fix: bool) -> int:
-    """Compare the period with Stripe and print what disagrees; 1 if anything does."""
+    """Compare the period with Stripe and Temporal and print what needs a look; 1 if
+    anything does."""
     ledger = ReconcileLedger.sharing_pool_of(svc.ledger)
+    temporal = await svc.temporal()
     try:
-        result = await reconcile(ledger, make_stripe_client(svc.settings), period, fix=fix)
+        result = await reconcile(
+            ledger, make_stripe_client(svc.settings), temporal, period, fix=fix
+        )
     except stripe.AuthenticationError as err:
         raise CliError(
             f"Stripe refused the key ({err.user_message}); check STRIPE_API_KEY"
         ) from err
     except stripe.APIConnectionError as err:
         raise CliError(f"cannot reach Stripe ({err.user_message}); check STRIPE_API_BASE") from err
+    except RPCError as err:
+        raise CliError(f"Temporal could not describe a workflow ({err.message})") from err
     print_reconciliation(result)
     return EXIT_OK if result.clean else EXIT_DISCREPANCY
+
+
+def print_wide(table: Table) -> None:
+    """Ids are copied from here into other commands: never wrap or cut them."""
+    Console(width=max(out.width, table_width(table)), soft_wrap=True).print(table)
 
 
 def print_reconciliation(result: Comparison) -> None:
     fixes = {f.intent_id: f.outcome for f in result.fixes}
     if result.findings:
-        table = Table(title=f"reconcile {result.period}: {len(result.findings)} discrepancies")
-        for column in ("finding", "payment", "intent", "detail", "fix"):
+        table = Table(title=f"reconcile {result.period}: {len(result.findings)} findings")
+        for column in ("finding", "Stripe customer", "payment", "intent", "detail", "fix"):
             table.add_column(column, no_wrap=True)
         for f in result.findings:
-            fix = fixes.get(f.intent_id or "", "-")
-            table.add_row(f.kind.value, f.payment_id or "-", f.intent_id or "-", f.detail, fix)
-        # Ids are copied from here into other commands: never wrap or cut them.
-        Console(width=max(out.width, table_width(table)), soft_wrap=True).print(table)
+            fix = fixes.get(f.intent_id or "", "-") if f.kind == Kind.ORPHAN else "-"
+            table.add_row(
+                f.kind.value,
+                f.customer or "-",
+                f.payment_id or "-",
+                f.intent_id or "-",
+                f.detail,
+                fix,
+            )
+        print_wide(table)
+    if result.refunds:
+        table = Table(title=f"refunds and disputes {result.period} (information)")
+        for column in ("Stripe customer", "intent", "refunded", "disputed"):
+            table.add_column(column, no_wrap=True)
+        for r in result.refunds:
+            refunded = f"{r.refunded} {r.currency}" if r.refunded else "-"
+            table.add_row(r.customer, r.intent_id, refunded, "yes" if r.disputed else "no")
+        print_wide(table)
     summary = Table(title=f"reconcile {result.period}")
     summary.add_column("what")
     summary.add_column("count", justify="right")
     summary.add_row("payments", str(result.payments))
+    summary.add_row("Stripe customers", str(result.customers))
     summary.add_row("our PaymentIntents listed", str(result.intents))
     summary.add_row("authorizations in their capture window", str(len(result.in_window)))
+    summary.add_row("authorizations being captured", str(len(result.being_captured)))
     summary.add_row("authorizations being recorded", str(len(result.in_flight)))
+    summary.add_row("captures being recorded", str(len(result.captures_being_recorded)))
     for currency in sorted(set(result.stripe_captured) | set(result.ledger_succeeded)):
         stripe_total = result.stripe_captured.get(currency, 0)
         ledger_total = result.ledger_succeeded.get(currency, 0)
@@ -352,11 +380,18 @@ def print_reconciliation(result: Comparison) -> None:
             f"captured at Stripe / succeeded in ledger ({currency})",
             f"{stripe_total} / {ledger_total}",
         )
-    summary.add_row("discrepancies", str(len(result.findings)))
+    summary.add_row("refunded or disputed captures", str(len(result.refunds)))
+    summary.add_row("stranded payments", str(len(result.of_kind(Kind.STRANDED))))
+    summary.add_row("payments needing attention", str(len(result.of_kind(Kind.NEEDS_ATTENTION))))
+    summary.add_row("findings", str(len(result.findings)))
     if result.fixes:
         summary.add_row("orphans voided now", str(sum(f.resolved for f in result.fixes)))
     summary.add_row("unresolved", str(len(result.unresolved)))
     out.print(summary)
+    if result.left_for_a_person:
+        out.print("left for a person:")
+        for line in result.left_for_a_person:
+            out.print(f"  {line}", highlight=False)
     out.print("clean" if result.clean else "discrepancies found")
 
 
@@ -431,13 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
     report_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     reconcile_cmd = commands.add_parser(
         "reconcile",
-        help="compare the ledger with Stripe; exit 0 clean, 1 on any discrepancy, 2 bad input",
+        help="compare the ledger with Stripe and Temporal; exit 0 clean, 1 on any finding, "
+        "2 bad input",
     )
     reconcile_cmd.add_argument("period", metavar="YYYY-MM")
     reconcile_cmd.add_argument(
         "--fix",
         action="store_true",
-        help="cancel orphan authorizations (never captured money) and record it",
+        help="void orphan authorizations (never captured money) and record it; "
+        "everything else is left for a person",
     )
     customers_cmd = commands.add_parser("customers", help="manage customers")
     customers_sub = customers_cmd.add_subparsers(dest="customers_command", required=True)

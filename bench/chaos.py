@@ -311,7 +311,7 @@ class Soak:
             self.note("chaos over; one worker finishes what is left")
             stuck = await self._settle(pool, client, workers)
             workers.stop()
-            return await self._verify(pool, settings, cards, cancelled, stuck)
+            return await self._verify(pool, settings, client, cards, cancelled, stuck)
         finally:
             workers.kill()
             await pool.close()
@@ -423,6 +423,7 @@ class Soak:
         self,
         pool: asyncpg.Pool,
         settings: Settings,
+        client: Client,
         cards: dict[str, str],
         cancelled: set[str],
         stuck: int,
@@ -451,7 +452,7 @@ class Soak:
                 lost += 1  # charged, not recorded
             elif should_pay and record.status in TERMINAL_STATUSES and not charged:
                 lost += 1  # should have been charged, never was
-        comparison = await reconcile(ledger, make_stripe_client(settings), PERIOD)
+        comparison = await reconcile(ledger, make_stripe_client(settings), client, PERIOD)
         orphans = len(comparison.orphans) + len(comparison.in_flight)
         stripe_total = sum(i["amount_received"] for found in captured.values() for i in found)
         ledger_total = sum(

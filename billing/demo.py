@@ -8,6 +8,7 @@ import stripe
 
 from billing.ledger import Ledger
 from billing.models import NewCustomer
+from billing.stripe_client import read_retried
 
 DEMO_CUSTOMERS = 50
 
@@ -26,8 +27,8 @@ T = TypeVar("T")
 
 
 async def paced(call: Callable[[], Awaitable[T]]) -> T:
-    """Run a Stripe call, waiting out 429s with backoff. Every call here carries an
-    idempotency key or only reads, so repeating it is safe."""
+    """Run a Stripe write, waiting out 429s with backoff. Every write here carries an
+    idempotency key, so repeating it is safe; reads go through `read_retried`."""
     for attempt in range(RATE_LIMIT_ATTEMPTS):
         try:
             return await call()
@@ -48,7 +49,7 @@ def demo_card(number: int) -> str:
 
 async def _stripe_customer_exists(client: stripe.StripeClient, customer_id: str) -> bool:
     try:
-        await paced(lambda: client.v1.customers.retrieve_async(customer_id))
+        await read_retried(lambda: client.v1.customers.retrieve_async(customer_id))
     except stripe.InvalidRequestError as err:
         if err.http_status == 404:
             return False

@@ -421,13 +421,17 @@ def _payment_input(row: asyncpg.Record, policy: BillingPolicy) -> PaymentInput:
 
 # ----- reconcile: the ledger side of `starter.py reconcile` --------------------------------
 
-RECONCILE_PAYMENTS = """
-SELECT p.id::text, p.customer_id::text, p.billing_period, p.amount, p.currency, p.status,
-       p.stripe_payment_intent_id, p.amount_received, p.failure_code, p.failure_message,
-       p.generation, p.created_at, p.updated_at, p.stripe_customer_id
-FROM payments p
-WHERE p.billing_period = $1
-ORDER BY p.created_at, p.id"""
+RECONCILE_PAYMENT_COLUMNS = f"{PAYMENT_COLUMNS}, stripe_customer_id"
+
+RECONCILE_PAYMENTS = f"""
+SELECT {RECONCILE_PAYMENT_COLUMNS} FROM payments
+WHERE billing_period = $1
+ORDER BY created_at, id"""
+
+RECONCILE_PAYMENTS_OF_CUSTOMER = f"""
+SELECT {RECONCILE_PAYMENT_COLUMNS} FROM payments
+WHERE stripe_customer_id = $1 AND billing_period = $2
+ORDER BY created_at, id"""
 
 PAYMENTS_BY_IDS = f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = ANY($1::uuid[])"
 
@@ -441,6 +445,12 @@ SELECT billing_period, intent_id, payment_id, action, outcome, amount, currency,
 FROM reconcile_actions WHERE billing_period = $1 ORDER BY id"""
 
 
+class BilledPayment(PaymentRecord):
+    """A payment with the Stripe customer it bills (copied from the customer at `bill` time)."""
+
+    stripe_customer_id: str
+
+
 class ReconcileLedger(Ledger):
     """Reads for the comparison with Stripe, and the record of what `reconcile --fix` did."""
 
@@ -448,16 +458,15 @@ class ReconcileLedger(Ledger):
     def sharing_pool_of(cls, ledger: Ledger) -> "ReconcileLedger":
         return cls(ledger._pool)
 
-    async def period_payments_with_customers(self, period: str) -> list[tuple[PaymentRecord, str]]:
-        """The period's payments, each with its customer's Stripe id."""
+    async def billed_payments(self, period: str) -> list[BilledPayment]:
+        """The period's payments, each with the Stripe customer it bills."""
         rows = await self._pool.fetch(RECONCILE_PAYMENTS, period)
-        return [
-            (
-                PaymentRecord(**{k: v for k, v in r.items() if k != "stripe_customer_id"}),
-                r["stripe_customer_id"],
-            )
-            for r in rows
-        ]
+        return [BilledPayment(**dict(r)) for r in rows]
+
+    async def billed_payments_of(self, stripe_customer_id: str, period: str) -> list[BilledPayment]:
+        """The payments that bill one Stripe customer for the period: one, or none."""
+        rows = await self._pool.fetch(RECONCILE_PAYMENTS_OF_CUSTOMER, stripe_customer_id, period)
+        return [BilledPayment(**dict(r)) for r in rows]
 
     async def payments_by_ids(self, ids: Iterable[str]) -> dict[str, PaymentRecord]:
         """Known payments among `ids`, which must all be UUIDs."""

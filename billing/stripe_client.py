@@ -1,6 +1,17 @@
-"""The one way to build a Stripe client: from settings, never the global `stripe.api_key`."""
+"""The one home of Stripe call patterns: building the client, paging a customer's
+PaymentIntents, bounded retries of reads, and a void read back when its answer is not plain.
+
+Reads take a `Reader`: `read_retried` in the CLI, which retries a bounded number of times, and
+`read_once` in an activity, where a read error must reach Temporal, which retries it.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeVar
 
 import stripe
+from stripe.params import PaymentIntentListParams
 
 from billing.settings import Settings
 
@@ -10,9 +21,21 @@ CAPTURED = "succeeded"
 CANCELED = "canceled"
 LIST_PAGE = 100  # Stripe's largest page
 
+# Stripe's answer to a capture or cancel of an intent in a status that does not allow it
+# (already captured, already cancelled): the call changed nothing.
+UNEXPECTED_STATE = "payment_intent_unexpected_state"
+
 # Below the Stripe activities' start_to_close timeout, so a hung request fails inside the
 # attempt and the engine retries it with the same idempotency key.
 STRIPE_HTTP_TIMEOUT_SECONDS = 20.0
+
+# `read_retried`: attempts in all, and its backoff (doubling from the first delay).
+READ_ATTEMPTS = 10
+READ_FIRST_DELAY_SECONDS = 0.2
+READ_MAX_DELAY_SECONDS = 5.0
+
+CancellationReason = Literal["abandoned", "duplicate", "fraudulent", "requested_by_customer"]
+T = TypeVar("T")
 
 
 def make_stripe_client(settings: Settings) -> stripe.StripeClient:
@@ -35,3 +58,127 @@ def stored_server_error(err: stripe.StripeError) -> bool:
         or headers.get("idempotent-replayed") == "true"
     )
     return (err.http_status or 0) >= 500 and stored
+
+
+class Reader(Protocol):
+    """How a read without side effects is sent: `read_once` or `read_retried`."""
+
+    def __call__(self, call: Callable[[], Awaitable[T]], /) -> Awaitable[T]: ...
+
+
+async def read_once(call: Callable[[], Awaitable[T]]) -> T:
+    """Send the read once; any error is raised. For activities: Temporal retries them."""
+    return await call()
+
+
+async def read_retried(call: Callable[[], Awaitable[T]]) -> T:
+    """Send the read, retrying rate limits, lost connections and 5xx: a read is safe to
+    repeat, whatever `Stripe-Should-Retry` says, since no key stores its answer. Bounded:
+    after READ_ATTEMPTS the last error is raised. Other errors are raised at once."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return await call()
+        except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError):
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(min(READ_FIRST_DELAY_SECONDS * 2**attempt, READ_MAX_DELAY_SECONDS))
+    raise AssertionError("unreachable")
+
+
+async def list_customer_intents(
+    client: stripe.StripeClient,
+    customer: str,
+    created_after: int,
+    *,
+    read: Reader,
+    expand: Sequence[str] = (),
+) -> list[stripe.PaymentIntent]:
+    """Every PaymentIntent of `customer` created at or after `created_after` (unix seconds),
+    newest first, following every page. A list, never search, which lags writes.
+
+    `expand` names fields of each intent to expand, e.g. `latest_charge`. Each page is one
+    read sent through `read`.
+    """
+    found: list[stripe.PaymentIntent] = []
+    params: PaymentIntentListParams = {
+        "customer": customer,
+        "created": {"gte": created_after},
+        "limit": LIST_PAGE,
+    }
+    if expand:
+        params["expand"] = [f"data.{field}" for field in expand]
+    while True:
+        page = await read(lambda: client.v1.payment_intents.list_async(params))
+        found += page.data
+        if not page.has_more or not page.data:
+            return found
+        params["starting_after"] = page.data[-1].id
+
+
+class ReadBackFailed(Exception):
+    """The read after a cancel failed. Not a StripeError, so that no caller takes the read's
+    error for the keyed call's: a read stores nothing under a key, and a 5xx on it is always
+    worth retrying. `error` is the read's StripeError."""
+
+    def __init__(self, error: stripe.StripeError) -> None:
+        super().__init__(f"reading the PaymentIntent back failed: {error}")
+        self.error = error
+
+
+@dataclass(frozen=True)
+class CancelAnswer:
+    """What a cancel came to: the intent as Stripe holds it, and the error the cancel raised
+    (None when Stripe answered the cancel, and `intent` is that answer)."""
+
+    intent: stripe.PaymentIntent
+    error: stripe.StripeError | None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.intent.status == CANCELED
+
+    @property
+    def cancelled_before(self) -> bool:
+        """Cancelled, and this cancel was refused for it: someone else had voided it."""
+        return self.cancelled and self.error is not None and self.error.code == UNEXPECTED_STATE
+
+    @property
+    def captured(self) -> bool:
+        return self.intent.status == CAPTURED
+
+
+def needs_read_back(err: stripe.StripeError) -> bool:
+    """A cancel (or capture) error after which only reading the intent tells what holds: the
+    intent was in another status, or Stripe stored a 500 under the key."""
+    return err.code == UNEXPECTED_STATE or stored_server_error(err)
+
+
+async def cancel_and_read_back(
+    client: stripe.StripeClient,
+    intent_id: str,
+    *,
+    reason: CancellationReason,
+    idempotency_key: str,
+    read: Reader,
+) -> CancelAnswer:
+    """Cancel an uncaptured authorization under `idempotency_key`.
+
+    When Stripe refuses it as `payment_intent_unexpected_state`, or answers a 500 stored under
+    the key, the intent is read back through `read`: it may be cancelled already, captured, or
+    (after a stored 500) still capturable, which then needs a new key. If that read fails,
+    ReadBackFailed is raised. Any other error of the cancel is raised as it is: sending the
+    same key again replays Stripe's answer or makes the call.
+    """
+    try:
+        intent = await client.v1.payment_intents.cancel_async(
+            intent_id, {"cancellation_reason": reason}, {"idempotency_key": idempotency_key}
+        )
+    except stripe.StripeError as err:
+        if not needs_read_back(err):
+            raise
+        try:
+            intent = await read(lambda: client.v1.payment_intents.retrieve_async(intent_id))
+        except stripe.StripeError as read_error:
+            raise ReadBackFailed(read_error) from read_error
+        return CancelAnswer(intent, err)
+    return CancelAnswer(intent, None)
