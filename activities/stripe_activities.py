@@ -5,7 +5,6 @@ from datetime import timedelta
 from typing import NoReturn
 
 import stripe
-from stripe.params import PaymentIntentListParams
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -25,12 +24,15 @@ from billing.stripe_client import (
     CANCELED,
     CAPTURABLE,
     CAPTURED,
-    LIST_PAGE,
+    ReadBackFailed,
+    cancel_and_read_back,
+    list_customer_intents,
+    needs_read_back,
+    read_once,
     stored_server_error,
 )
 
 EXPIRED_REASON = "automatic"
-UNEXPECTED_STATE = "payment_intent_unexpected_state"
 # Stripe keeps an idempotency key for 24 hours. An authorize attempt later than this after
 # the first one is not sent: Stripe may have forgotten the key and would authorize again.
 AUTHORIZE_KEY_LIFETIME = timedelta(hours=23)
@@ -161,7 +163,7 @@ class StripeActivities:
                 input.intent_id, options={"idempotency_key": input.idempotency_key}
             )
         except stripe.StripeError as err:
-            if not (err.code == UNEXPECTED_STATE or stored_server_error(err)):
+            if not needs_read_back(err):
                 fail_for(err)
             intent = await self._retrieve(input.intent_id)
             if intent.status == CAPTURABLE:  # the stored 500 was before Stripe captured
@@ -174,23 +176,25 @@ class StripeActivities:
     async def void(self, input: VoidInput) -> None:
         """Cancel an uncaptured authorization. An intent already cancelled is success."""
         try:
-            await self._client.v1.payment_intents.cancel_async(
+            answer = await cancel_and_read_back(
+                self._client,
                 input.intent_id,
-                {"cancellation_reason": "requested_by_customer"},
-                {"idempotency_key": input.idempotency_key},
+                reason="requested_by_customer",
+                idempotency_key=input.idempotency_key,
+                read=read_once,
             )
+        except ReadBackFailed as failed:
+            fail_for(failed.error, keyed=False)
         except stripe.StripeError as err:
-            if not (err.code == UNEXPECTED_STATE or stored_server_error(err)):
-                fail_for(err)
-            intent = await self._retrieve(input.intent_id)
-            if intent.status == CAPTURED:
-                raise ApplicationError(
-                    f"PaymentIntent {intent.id} is already captured; it cannot be voided",
-                    type=ErrorType.ALREADY_CAPTURED,
-                    non_retryable=True,
-                ) from err
-            if intent.status != CANCELED:  # the stored 500 was before Stripe cancelled
-                fail_for(err)
+            fail_for(err)
+        if answer.captured:
+            raise ApplicationError(
+                f"PaymentIntent {input.intent_id} is already captured; it cannot be voided",
+                type=ErrorType.ALREADY_CAPTURED,
+                non_retryable=True,
+            )
+        if not answer.cancelled and answer.error is not None:
+            fail_for(answer.error)  # the stored 500 was before Stripe cancelled
 
     @activity.defn(name="find_authorization")
     async def find_authorization(self, input: FindAuthorizationInput) -> Authorization | None:
@@ -246,21 +250,11 @@ class StripeActivities:
     async def _customer_intents(
         self, customer: str, created_after: int
     ) -> list[stripe.PaymentIntent]:
-        """Every PaymentIntent of the customer created at or after `created_after` (list, not
-        search, which lags writes). A failed read fails the attempt; the engine retries it."""
-        found: list[stripe.PaymentIntent] = []
-        params: PaymentIntentListParams = {
-            "customer": customer,
-            "created": {"gte": created_after},
-            "limit": LIST_PAGE,
-        }
+        """A failed read fails the attempt; the engine retries it."""
         try:
-            while True:
-                page = await self._client.v1.payment_intents.list_async(params)
-                found += page.data
-                if not page.has_more or not page.data:
-                    return found
-                params["starting_after"] = page.data[-1].id
+            return await list_customer_intents(
+                self._client, customer, created_after, read=read_once
+            )
         except stripe.StripeError as err:
             fail_for(err, keyed=False)
 
