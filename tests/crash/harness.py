@@ -2,10 +2,12 @@
 and playing the server's timeouts for a worker that died."""
 
 import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import asyncpg
 from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.api.workflowservice.v1 import ResetStickyTaskQueueRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ApplicationError
@@ -16,6 +18,7 @@ from billing.constants import PaymentStatus
 TRAP_LOCK = 0x74726170
 WAIT_STEP_S = 0.05
 WAIT_STEPS = 1200  # one minute
+TASK_COMPLETED = EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
 
 
 async def payment_status(pool: asyncpg.Pool, payment_id: str) -> PaymentStatus:
@@ -129,3 +132,21 @@ async def play_the_servers_timeouts(client: Client, handle: WorkflowHandle[objec
             await activity.fail(ApplicationError("the worker running this attempt was killed"))
             failed += 1
     return failed
+
+
+async def wait_for_task_after(
+    handle: WorkflowHandle[Any, Any], event: "EventType.ValueType"
+) -> None:
+    """Wait until a workflow task completed after `event`: the workflow has seen it."""
+    for _ in range(WAIT_STEPS // 4):
+        kinds = [e.event_type async for e in handle.fetch_history_events()]
+        if event in kinds and TASK_COMPLETED in kinds[kinds.index(event) :]:
+            return
+        await asyncio.sleep(WAIT_STEP_S * 4)
+    raise TimeoutError(f"no workflow task completed after {EventType.Name(event)}")
+
+
+def intent_counts(intents: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    """(PaymentIntents created, of which captured). A declined authorization is created too:
+    Stripe keeps it in `requires_payment_method`."""
+    return len(intents), sum(i["status"] == "succeeded" for i in intents)
