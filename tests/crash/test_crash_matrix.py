@@ -29,7 +29,6 @@ from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
     WorkflowHandle,
-    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.testing import WorkflowEnvironment
 
@@ -490,13 +489,6 @@ async def test_terminate_between_the_void_and_its_record_then_bill_ends_cancelle
     assert await scene.reconcile() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=WorkflowUpdateRPCTimeoutOrCancelledError,
-    reason="bug in starter.py cancel: past --timeout the SDK raises "
-    "WorkflowUpdateRPCTimeoutOrCancelledError, not TimeoutError, so the CLI ends in a "
-    "traceback instead of sending the durable cancel signal and exiting 6",
-)
 async def test_cancel_past_its_timeout_while_no_worker_runs_is_recorded(scene: Scene) -> None:
     """The worker dies in the window; `cancel --timeout 1` gives up waiting, exits 6, and the
     next worker cancels the payment."""
@@ -568,12 +560,6 @@ async def test_a_restore_of_the_payments_table_never_charges_again(scene: Scene)
     assert record.stripe_payment_intent_id == charged
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reconcile matches intents by metadata.payment_id only: after a restore the "
-    "payment made again records the first capture (record_paid), and reconcile reports it "
-    "'succeeded, no capture' and the capture 'captured, payment not succeeded'",
-)
 async def test_a_restore_of_the_payments_table_reconciles_clean(scene: Scene) -> None:
     await restore_from_a_backup_taken_before_bill(scene)
     assert await scene.reconcile() == 0
@@ -619,12 +605,6 @@ async def test_a_card_changed_during_dunning_pays_the_next_attempt(scene: Scene)
     assert await scene.reconcile() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="waits for the identity branch: `customers import` still upserts on the exact "
-    "email, so re-importing the same Stripe customer under another-case email breaks the unique "
-    "index on stripe_customer_id instead of updating the customer",
-)
 async def test_a_customer_imported_twice_is_billed_once(scene: Scene, tmp_path: Path) -> None:
     """The same Stripe customer imported again with its email in another case, then `bill`
     again: one customer, one payment, one capture."""
