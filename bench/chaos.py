@@ -5,10 +5,17 @@
 - The worker (`python worker.py`) is SIGKILLed and restarted every few seconds.
 - PostgreSQL is restarted twice: once cleanly, once by SIGKILL of the postmaster.
 - The Temporal dev server, with its SQLite state on disk, is restarted once.
+- Operators act on a few payments: the customer's `cancel` signal, a Temporal cancellation
+  request (the Web UI's "Request Cancellation"), a terminate, and `customers import` of the
+  customer again with its email's case changed; after the chaos `bill` runs again and resumes
+  the terminated ones.
 
 Every loop is bounded in count and time. At the end it prints a table and exits 1 if any
-payment was double charged, lost, stuck or left an orphan authorization, if `reconcile` is not
-clean, or if the sandbox's captured total differs from the ledger's succeeded total.
+payment was double charged, lost, stuck or left an orphan authorization, if a workflow closed
+without ending its payment other than by our terminates, if a Stripe customer was captured
+more than once in the period or for another amount than the ledger received, if a re-import
+added a customer or a payment, if `reconcile` is not clean, or if the sandbox's captured total
+differs from the ledger's succeeded total.
 
     python -m bench.chaos --n 500        # `make chaos N=500`
 """
@@ -27,6 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,9 +43,9 @@ import stripe
 from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from billing.constants import TERMINAL_STATUSES, PaymentStatus, workflow_id
 from billing.durations import parse_duration
@@ -61,8 +69,10 @@ SOFT_DECLINE = "pm_card_chargeDeclinedInsufficientFunds"
 SEED_CONCURRENCY = 16
 TICK_S = 0.2
 RUNNING = f'TaskQueue="{TASK_QUEUE}" AND ExecutionStatus="Running"'
+CLOSED = f'TaskQueue="{TASK_QUEUE}" AND ExecutionStatus!="Running"'
 STATUS_EVERY_S = 1.0
 SIGNAL_ATTEMPTS = 5
+BILL_ATTEMPTS = 10
 DB_ATTEMPTS = 50
 WORKER_STOP_TIMEOUT_S = 30
 T = TypeVar("T")
@@ -84,7 +94,15 @@ class Config:
     pg_crash_at_s: float = 22.0
     chaos_s: float = 120.0
     settle_max_s: float = 600.0
+    # Shares of the payments that operators act on (at least one each) at random times in the
+    # first operator_window_s of the chaos: the `cancel` signal and a Temporal cancellation
+    # request to payments whose card pays; a terminate, and a re-import of the customer with
+    # its email's case changed, to any other payment.
     cancel_share: float = 0.03
+    cancel_request_share: float = 0.02
+    terminate_share: float = 0.02
+    reimport_share: float = 0.02
+    operator_window_s: float = 20.0
     capture_delay: str = "2s"
     dunning: str = "2s"
     latency_share: float = 0.2
@@ -106,6 +124,10 @@ class Tally:
     pg_restarts: int = 0
     temporal_restarts: int = 0
     cancels_sent: int = 0
+    cancel_requests_sent: int = 0
+    terminates_sent: int = 0
+    resumed_by_bill: int = 0
+    reimports: int = 0
     neighbour_requests: int = 0
     neighbour_429s: int = 0
     events: list[str] = field(default_factory=list)
@@ -236,14 +258,53 @@ def add_faults(sandbox: Sandbox, config: Config) -> None:
     sandbox.rate_limits = True
 
 
+# Emails lower-cased: a re-import may have changed their case.
 PAYMENTS_WITH_CARDS = """
-SELECT p.id::text AS id, p.status, c.email FROM payments p
+SELECT p.id::text AS id, p.status, lower(c.email) AS email FROM payments p
 JOIN customers c ON c.id = p.customer_id WHERE p.billing_period = $1"""
 
+CUSTOMER_OF_PAYMENT = """
+SELECT c.email, c.stripe_customer_id, c.payment_method_id, c.monthly_amount, c.currency
+FROM payments p JOIN customers c ON c.id = p.customer_id WHERE p.id = $1::uuid"""
 
-async def open_count(pool: asyncpg.Pool) -> int:
+
+CUSTOMER_PERIODS = """
+SELECT stripe_customer_id, status, amount_received FROM payments WHERE billing_period = $1"""
+
+# What operators do to a payment's workflow during the chaos.
+CANCEL_SIGNAL = "cancel signal"
+CANCEL_REQUEST = "Temporal cancellation request"
+TERMINATE = "terminate"
+REIMPORT = "re-import, email case changed"
+
+
+async def open_ids(pool: asyncpg.Pool) -> set[str]:
     rows = await pool.fetch(PAYMENTS_WITH_CARDS, PERIOD)
-    return sum(PaymentStatus(r["status"]) not in TERMINAL_STATUSES for r in rows)
+    return {r["id"] for r in rows if PaymentStatus(r["status"]) not in TERMINAL_STATUSES}
+
+
+def customer_period_breaches(
+    intents: list[dict[str, Any]], rows: list[asyncpg.Record]
+) -> tuple[int, int]:
+    """From the sandbox's own records, per (Stripe customer, period): how many were captured
+    more than once, and how many captured another amount than the ledger's amount_received
+    (none where the payment did not succeed)."""
+    captured: dict[tuple[str, str], list[int]] = {}
+    for intent in intents:
+        if intent["status"] == "succeeded":
+            key = (intent["customer"], intent["metadata"].get("billing_period", "?"))
+            captured.setdefault(key, []).append(intent["amount_received"])
+    received = {
+        (r["stripe_customer_id"], PERIOD): (r["amount_received"] or 0)
+        if r["status"] == PaymentStatus.SUCCEEDED
+        else 0
+        for r in rows
+    }
+    twice = sum(len(amounts) > 1 for amounts in captured.values())
+    differ = sum(
+        sum(captured.get(key, [])) != received.get(key, 0) for key in captured.keys() | received
+    )
+    return twice, differ
 
 
 class Soak:
@@ -253,6 +314,9 @@ class Soak:
         self.tally = Tally()
         self.stack = Stack(config)
         self.started = time.monotonic()
+        # Payments each operator action was sent to, whether or not it reached the workflow
+        # (an answer lost in a Temporal restart): they may have taken effect.
+        self.attempted: dict[str, set[str]] = {}
 
     def note(self, what: str) -> None:
         line = f"[{time.monotonic() - self.started:7.1f}s] {what}"
@@ -265,6 +329,29 @@ class Soak:
             return await self._run()
         finally:
             await self.stack.close()
+
+    def _plan_operators(
+        self, rows: list[asyncpg.Record], cards: dict[str, str]
+    ) -> dict[str, tuple[float, str]]:
+        """Which payments operators act on, and when (seconds into the chaos): disjoint sets,
+        at least one payment each. Cancels go to cards that pay; a terminate or a re-import of
+        the customer to any payment."""
+        config = self.config
+        payable = [r["id"] for r in rows if cards[r["email"]] == VISA]
+        others = [r["id"] for r in rows if cards[r["email"]] != VISA]
+        plan: dict[str, tuple[float, str]] = {}
+        for kind, share in (
+            (CANCEL_SIGNAL, config.cancel_share),
+            (CANCEL_REQUEST, config.cancel_request_share),
+            (TERMINATE, config.terminate_share),
+            (REIMPORT, config.reimport_share),
+        ):
+            among = payable if kind in (CANCEL_SIGNAL, CANCEL_REQUEST) else payable + others
+            chosen = self.rng.sample(among, min(len(among), max(1, int(len(rows) * share))))
+            payable = [p for p in payable if p not in chosen]
+            others = [p for p in others if p not in chosen]
+            plan |= {pid: (self.rng.uniform(1, config.operator_window_s), kind) for pid in chosen}
+        return plan
 
     async def _run(self) -> int:
         config, stack = self.config, self.stack
@@ -304,28 +391,39 @@ class Soak:
             self.note("billed; chaos begins")
             neighbour = asyncio.create_task(self._neighbour(make_stripe_client(settings)))
             try:
-                cancelled = await self._chaos(pool, client, workers, cards)
+                await self._chaos(pool, client, settings, workers, cards)
             finally:
                 neighbour.cancel()
                 await asyncio.gather(neighbour, return_exceptions=True)
-            self.note("chaos over; one worker finishes what is left")
+            self.note("chaos over; `bill` resumes what was terminated, one worker finishes")
+            stranded = await self._stranded(pool, client, self.attempted[TERMINATE])
+            await self._bill_again(pool, client, settings, self.attempted[TERMINATE])
             stuck = await self._settle(pool, client, workers)
             workers.stop()
-            return await self._verify(pool, settings, client, cards, cancelled, stuck)
+            return await self._verify(pool, client, settings, cards, stuck + stranded)
         finally:
             workers.kill()
             await pool.close()
 
     async def _chaos(
-        self, pool: asyncpg.Pool, client: Client, workers: Workers, cards: dict[str, str]
-    ) -> set[str]:
+        self,
+        pool: asyncpg.Pool,
+        client: Client,
+        settings: Settings,
+        workers: Workers,
+        cards: dict[str, str],
+    ) -> None:
+        """Kill workers, restart PostgreSQL and Temporal, and act as operators (see
+        self.attempted), until every payment not terminated has ended, at most chaos_s."""
         config = self.config
         begin = time.monotonic()
         rows = await pool.fetch(PAYMENTS_WITH_CARDS, PERIOD)
-        payable = [r["id"] for r in rows if cards[r["email"]] == VISA]
-        to_cancel = self.rng.sample(payable, int(len(payable) * config.cancel_share))
-        cancel_at = {pid: begin + self.rng.uniform(1, 20) for pid in to_cancel}
-        cancelled: set[str] = set()
+        plan = {
+            pid: (begin + at, kind) for pid, (at, kind) in self._plan_operators(rows, cards).items()
+        }
+        self.attempted = {
+            kind: set() for kind in (CANCEL_SIGNAL, CANCEL_REQUEST, TERMINATE, REIMPORT)
+        }
         restarts: list[tuple[float, str, Callable[[], None]]] = [
             (config.pg_restart_at_s, "PostgreSQL restart", self._restart_postgres),
             (config.temporal_restart_at_s, "Temporal restart", self._restart_temporal),
@@ -346,22 +444,27 @@ class Soak:
                 workers.start()
                 next_kill = now + self._kill_gap()
             workers.ensure_running()
-            for pid, when in list(cancel_at.items()):
+            for pid, (when, kind) in list(plan.items()):
                 if now >= when:
-                    del cancel_at[pid]
-                    if await self._send_cancel(client, pid):
-                        cancelled.add(pid)
+                    del plan[pid]
+                    self.attempted[kind].add(pid)
+                    if kind == REIMPORT:
+                        await self._reimport(pool, client, settings, pid)
+                    else:
+                        await self._operate(client, pid, kind)
             if now >= next_status:
                 next_status = now + STATUS_EVERY_S
                 try:
-                    remaining = await open_count(pool)
+                    open_now: set[str] | None = await open_ids(pool)
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                    remaining = -1
-                if remaining == 0 and not restarts and not cancel_at:
+                    open_now = None
+                remaining = -1 if open_now is None else len(open_now)
+                # Terminated payments wait for `bill` after the chaos.
+                ended = open_now is not None and open_now <= self.attempted[TERMINATE]
+                if ended and not restarts and not plan:
                     break
             await asyncio.sleep(TICK_S)
         self.note(f"{self.tally.kills} kills so far, {remaining} payments open")
-        return cancelled
 
     async def _neighbour(self, client: stripe.StripeClient) -> None:
         """Reads by another system sharing the account, until cancelled."""
@@ -394,25 +497,83 @@ class Soak:
         self.stack.temporal.restart()
         self.tally.temporal_restarts += 1
 
-    async def _send_cancel(self, client: Client, payment_id: str) -> bool:
+    async def _operate(self, client: Client, payment_id: str, kind: str) -> None:
+        """Send one operator action to the payment's workflow, unless it has closed."""
         handle = client.get_workflow_handle(workflow_id(payment_id))
         for _ in range(SIGNAL_ATTEMPTS):
             try:
-                await handle.signal("cancel")
-                self.tally.cancels_sent += 1
-                return True
-            except RPCError:
-                await asyncio.sleep(1)  # Temporal restarting; a finished workflow refuses too
-        return False
+                if kind == CANCEL_SIGNAL:
+                    await handle.signal("cancel")
+                    self.tally.cancels_sent += 1
+                elif kind == CANCEL_REQUEST:
+                    await handle.cancel()  # the Web UI's "Request Cancellation"
+                    self.tally.cancel_requests_sent += 1
+                else:
+                    await handle.terminate(reason="chaos: an operator terminates")
+                    self.tally.terminates_sent += 1
+                self.note(f"{kind}: payment {payment_id}")
+                return
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    return  # the workflow has closed already
+                await asyncio.sleep(1)  # Temporal restarting
+
+    async def _reimport(
+        self, pool: asyncpg.Pool, client: Client, settings: Settings, payment_id: str
+    ) -> None:
+        """`customers import` of the payment's customer again, its email's case changed: the
+        same Stripe customer, so still one customer and one payment."""
+        for _ in range(SIGNAL_ATTEMPTS):
+            try:
+                row = await pool.fetchrow(CUSTOMER_OF_PAYMENT, payment_id)
+                assert row is not None
+                csv = self.stack.root / f"reimport-{payment_id}.csv"
+                csv.write_text(
+                    "email,stripe_customer_id,payment_method_id,monthly_amount,currency\n"
+                    f"{row['email'].swapcase()},{row['stripe_customer_id']},"
+                    f"{row['payment_method_id']},{row['monthly_amount']},{row['currency']}\n"
+                )
+                if await execute(["customers", "import", str(csv)], settings, client) == 0:
+                    self.tally.reimports += 1
+                    self.note(f"{REIMPORT}: {row['email'].swapcase()}")
+                    return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pass  # PostgreSQL restarting
+            await asyncio.sleep(1)
+
+    async def _stranded(self, pool: asyncpg.Pool, client: Client, terminated: set[str]) -> int:
+        """Open payments whose workflow closed, other than by our terminates: stuck, and
+        counted so, before `bill` resumes them."""
+
+        async def closed(pid: str) -> bool:
+            description = await client.get_workflow_handle(workflow_id(pid)).describe()
+            return description.status != WorkflowExecutionStatus.RUNNING
+
+        candidates = await retried(lambda: open_ids(pool)) - terminated
+        stranded = [pid for pid in candidates if await retried(partial(closed, pid))]
+        for pid in stranded:
+            self.note(f"payment {pid} is open, but its workflow closed")
+        return len(stranded)
+
+    async def _bill_again(
+        self, pool: asyncpg.Pool, client: Client, settings: Settings, terminated: set[str]
+    ) -> None:
+        """`bill` once more, as an operator would: it resumes every terminated payment."""
+        self.tally.resumed_by_bill = len(await retried(lambda: open_ids(pool)) & terminated)
+        for _ in range(BILL_ATTEMPTS):
+            if await execute(["bill", PERIOD], settings, client) == 0:
+                return
+            await asyncio.sleep(1)
+        raise RuntimeError(f"bill failed {BILL_ATTEMPTS} times")
 
     async def _settle(self, pool: asyncpg.Pool, client: Client, workers: Workers) -> int:
         """Wait until every payment ends, or no workflow is left running to end it."""
         deadline = time.monotonic() + self.config.settle_max_s
-        remaining = await retried(lambda: open_count(pool))
+        remaining = len(await retried(lambda: open_ids(pool)))
         while remaining and time.monotonic() < deadline:
             workers.ensure_running()
             await asyncio.sleep(STATUS_EVERY_S)
-            remaining = await retried(lambda: open_count(pool))
+            remaining = len(await retried(lambda: open_ids(pool)))
             running = await retried(lambda: client.count_workflows(RUNNING))
             if remaining and not running.count:
                 self.note(f"{remaining} payments open, but no workflow runs any more")
@@ -422,10 +583,9 @@ class Soak:
     async def _verify(
         self,
         pool: asyncpg.Pool,
-        settings: Settings,
         client: Client,
+        settings: Settings,
         cards: dict[str, str],
-        cancelled: set[str],
         stuck: int,
     ) -> int:
         sandbox = self.stack.sandbox
@@ -441,6 +601,13 @@ class Soak:
                 captured.setdefault(intent["metadata"]["payment_id"], []).append(intent)
 
         double = sum(len(found) > 1 for found in captured.values())
+        customers = await retried(lambda: pool.fetch(CUSTOMER_PERIODS, PERIOD))
+        charged_twice, amount_differs = customer_period_breaches(
+            sandbox.payment_intents(), customers
+        )
+        unexplained = await self._closed_without_result(client)
+        customer_rows = await retried(lambda: pool.fetchval("SELECT count(*) FROM customers"))
+        cancelled = self.attempted[CANCEL_SIGNAL] | self.attempted[CANCEL_REQUEST]
         lost = 0
         for row in rows:
             record = records[row["id"]]
@@ -467,6 +634,11 @@ class Soak:
         for status in sorted(statuses):
             table.add_row(f"  {status}", str(statuses[status]))
         table.add_row("cancel signals sent", str(self.tally.cancels_sent))
+        table.add_row("Temporal cancellation requests", str(self.tally.cancel_requests_sent))
+        table.add_row("terminates", str(self.tally.terminates_sent))
+        table.add_row("terminated payments resumed by bill", str(self.tally.resumed_by_bill))
+        table.add_row("customers re-imported, email case changed", str(self.tally.reimports))
+        table.add_row("customer rows", str(customer_rows))
         table.add_row("worker SIGKILLs", str(self.tally.kills))
         table.add_row("worker restarts", str(self.tally.worker_starts - 1))
         table.add_row("worker exits on its own", str(self.tally.worker_exits))
@@ -489,11 +661,20 @@ class Soak:
         table.add_row("lost payments", str(lost))
         table.add_row("stuck payments", str(stuck))
         table.add_row("orphan authorizations", str(orphans))
+        table.add_row("customer-periods captured twice", str(charged_twice))
+        table.add_row("customer-periods captured != ledger", str(amount_differs))
+        table.add_row("workflows closed without a result", str(unexplained))
         out.print(table)
 
         problems = []
         if double or lost or stuck or orphans:
             problems.append("double charges, lost, stuck or orphans")
+        if charged_twice or amount_differs:
+            problems.append("a (Stripe customer, period) captured twice or for another amount")
+        if unexplained:
+            problems.append("workflows closed without a result, other than our terminates")
+        if customer_rows != self.config.n or len(records) != self.config.n:
+            problems.append("a re-import added a customer or a payment")
         if not comparison.clean:
             problems += [f"reconcile: {f.kind.value} {f.intent_id}" for f in comparison.findings]
         if stripe_total != ledger_total:
@@ -503,6 +684,20 @@ class Soak:
         for problem in problems:
             log.print(f"FAIL: {problem}")
         return 1 if problems else 0
+
+    async def _closed_without_result(self, client: Client) -> int:
+        """Closed runs that are neither completed nor one of our terminates: failed, timed
+        out, or ended by a cancellation instead of ending the payment."""
+        ours = {workflow_id(pid) for pid in self.attempted[TERMINATE]}
+        count = 0
+        async for run in client.list_workflows(CLOSED):
+            if run.status == WorkflowExecutionStatus.COMPLETED:
+                continue
+            if run.status == WorkflowExecutionStatus.TERMINATED and run.id in ours:
+                continue
+            self.note(f"workflow {run.id} run {run.run_id} closed {run.status}")
+            count += 1
+        return count
 
 
 def parse_args(argv: list[str] | None = None) -> Config:

@@ -28,7 +28,15 @@ def test_a_short_chaos_soak_loses_nothing_and_charges_once() -> None:
         for line in result.stdout.splitlines()
         if (cells := [c.strip() for c in line.strip("│ ").split("│")]) and len(cells) == 2
     }
-    for zero in ("double charges", "lost payments", "stuck payments", "orphan authorizations"):
+    for zero in (
+        "double charges",
+        "lost payments",
+        "stuck payments",
+        "orphan authorizations",
+        "customer-periods captured twice",
+        "customer-periods captured != ledger",
+        "workflows closed without a result",
+    ):
         assert rows[zero] == "0", report
     assert rows["reconcile"] == "clean", report
     assert int(rows["worker SIGKILLs"]) >= 1, report

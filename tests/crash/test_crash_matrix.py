@@ -25,11 +25,7 @@ from typing import Any, Literal
 import asyncpg
 import pytest
 from temporalio.api.enums.v1 import EventType, TimeoutType
-from temporalio.client import (
-    Client,
-    WorkflowExecutionStatus,
-    WorkflowHandle,
-)
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from billing.constants import PaymentStatus, workflow_id
@@ -532,9 +528,9 @@ async def test_a_cancel_written_in_sql_in_the_window_wins_over_capture(scene: Sc
     assert await scene.reconcile() == 0
 
 
-async def restore_from_a_backup_taken_before_bill(scene: Scene) -> tuple[str, PaymentRecord]:
-    """Bill and succeed, lose the payments to a restore, kill the worker, bill again.
-    Returns the first capture's intent id and the payment row made again."""
+async def test_a_restore_of_the_payments_table_never_charges_again(scene: Scene) -> None:
+    """Bill and succeed, lose the payments to a restore of a backup taken before `bill`,
+    kill the worker, bill again: the payment made again records the first capture."""
     await scene.customer(VISA)
     scene.workers.start()
     first = await scene.bill("--wait")
@@ -544,25 +540,40 @@ async def restore_from_a_backup_taken_before_bill(scene: Scene) -> tuple[str, Pa
     await scene.pool.execute("TRUNCATE payment_events, payments")
     scene.kill()
     await scene.dead()
-
     scene.workers.start()
     again = await scene.bill("--wait")
-    assert again.id != first.id
-    return charged["id"], again
-
-
-async def test_a_restore_of_the_payments_table_never_charges_again(scene: Scene) -> None:
-    charged, again = await restore_from_a_backup_taken_before_bill(scene)
     result = await scene.result(scene.handle(again.id))
 
-    assert result.status == S.SUCCEEDED and result.stripe_payment_intent_id == charged
+    assert again.id != first.id
+    assert result.status == S.SUCCEEDED and result.stripe_payment_intent_id == charged["id"]
     record = await scene.assert_ended(again.id, S.SUCCEEDED, created=1, captured=1)
-    assert record.stripe_payment_intent_id == charged
-
-
-async def test_a_restore_of_the_payments_table_reconciles_clean(scene: Scene) -> None:
-    await restore_from_a_backup_taken_before_bill(scene)
+    assert record.stripe_payment_intent_id == charged["id"]
     assert await scene.reconcile() == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: the old run's row is gone, so its begin_capture fails (UnknownPayment) and "
+    "needs_attention voids every live authorization of the (Stripe customer, period), "
+    "including the one the new row's run adopted; that capture is refused, the payment ends "
+    "failed and the customer is never charged",
+)
+async def test_a_restore_while_a_payment_waits_in_its_window_still_charges_once(
+    scene: Scene,
+) -> None:
+    """The payments table is restored from a backup taken before `bill` while the payment
+    waits in a 3 s window; `bill` again, with an 8 s window, makes a new row whose run adopts
+    the live authorization. The first run's window ends first."""
+    await scene.customer(VISA)
+    scene.workers.start()
+    first = await scene.bill("--capture-after", WINDOW)
+    await wait_for_status(scene.pool, first.id, S.AUTHORIZED)
+    await scene.pool.execute("TRUNCATE payment_events, payments")
+    again = await scene.bill("--capture-after", "8s")
+    result = await scene.result(scene.handle(again.id))
+
+    assert result.status == S.SUCCEEDED, result
+    await scene.assert_ended(again.id, S.SUCCEEDED, created=1, captured=1)
 
 
 async def test_a_card_changed_during_dunning_pays_the_next_attempt(scene: Scene) -> None:
