@@ -150,6 +150,7 @@ def print_launch_summary(period: str, summary: LaunchSummary) -> None:
     table.add_column("count", justify="right")
     table.add_row("payment rows created now", str(summary.rows_created))
     table.add_row("workflows started now", str(summary.started))
+    table.add_row("stranded payments resumed now", str(summary.resumed))
     table.add_row("already launched (left alone)", str(summary.already_launched))
     table.add_row("already final (left alone)", str(summary.already_final))
     table.add_row("payments in period", str(summary.payments))
