@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,17 +35,18 @@ from temporalio.service import RPCError
 
 from billing.constants import (
     BILLING_PERIOD,
+    TERMINAL_STATUSES,
     CancelOutcome,
     PaymentStatus,
     starting_search_attributes,
     workflow_id,
 )
 from billing.customers_csv import InvalidCsv, read_customers
-from billing.demo import seed_demo_customers
+from billing.demo import DEMO_DUNNING, DEMO_WAIT, next_retry, seed_demo_customers
 from billing.durations import InvalidDuration, check_capture_delay, parse_duration
 from billing.launcher import LaunchSummary, NotEnded, launch_period, wait_for_payments
 from billing.ledger import CustomerConflict, Ledger, ReconcileLedger, migrate, open_pool
-from billing.models import PaymentRecord
+from billing.models import BillingPolicy, PaymentRecord
 from billing.money import format_amount
 from billing.period import InvalidPeriod, current_period, parse_period
 from billing.reconcile import Comparison, Kind, reconcile
@@ -111,7 +113,12 @@ def progress_bar() -> Progress:
 
 
 async def bill(
-    svc: Services, period: str, *, wait: bool, capture_after: timedelta | None = None
+    svc: Services,
+    period: str,
+    *,
+    wait: bool,
+    capture_after: timedelta | None = None,
+    policy: BillingPolicy | None = None,
 ) -> None:
     client = await svc.temporal()
     with progress_bar() as progress:
@@ -121,7 +128,7 @@ async def bill(
             client,
             period,
             svc.settings.task_queue,
-            svc.settings.billing_policy(capture_after),
+            policy or svc.settings.billing_policy(capture_after),
             on_total=lambda n: progress.update(task, total=n),
             on_progress=lambda: progress.advance(task),
         )
@@ -150,6 +157,7 @@ def print_launch_summary(period: str, summary: LaunchSummary) -> None:
     table.add_column("count", justify="right")
     table.add_row("payment rows created now", str(summary.rows_created))
     table.add_row("workflows started now", str(summary.started))
+    table.add_row("stranded payments resumed now", str(summary.resumed))
     table.add_row("already launched (left alone)", str(summary.already_launched))
     table.add_row("already final (left alone)", str(summary.already_final))
     table.add_row("payments in period", str(summary.payments))
@@ -414,13 +422,49 @@ def web_ui_url(settings: Settings, namespace: str, period: str) -> str:
 
 
 async def demo(svc: Services) -> None:
+    """Seed, bill this month with the demo's short dunning schedule, wait at most DEMO_WAIT,
+    then report, and say when each payment still in dunning tries again."""
     period = current_period()
     customers = await seed_demo_customers(svc.ledger, make_stripe_client(svc.settings))
     out.print(f"seeded {len(customers)} demo customers")
-    await bill(svc, period, wait=True)
+    retries = " and ".join(f"{int(d.total_seconds())} s" for d in DEMO_DUNNING)
+    out.print(
+        f"demo dunning schedule: a soft decline is retried {retries} after the first one "
+        "(`bill` follows DUNNING_SCHEDULE, 1, 3 and 5 days by default)"
+    )
+    policy = svc.settings.billing_policy().model_copy(update={"dunning_schedule": DEMO_DUNNING})
+    await bill(svc, period, wait=False, policy=policy)
+    still_open = await wait_until_ended(svc, period, DEMO_WAIT)
     await report(svc, period, as_json=False)
+    failures = Counter(
+        p.failure_code for p in await svc.ledger.period_payments(period) if p.failure_code
+    )
+    for code, count in sorted(failures.items()):
+        out.print(f"{count} payments failed with {code}")
+    for payment in still_open:
+        when = next_retry(await svc.ledger.events(payment.id), DEMO_DUNNING)
+        retry = f"retries at {when:%H:%M:%S} UTC" if when else f"is {payment.status.value}"
+        out.print(
+            f"payment {payment.id} {retry}; follow it with `python starter.py status {payment.id}`"
+        )
     namespace = (await svc.temporal()).namespace
     out.print(f"Web UI: {web_ui_url(svc.settings, namespace, period)}")
+
+
+async def wait_until_ended(svc: Services, period: str, at_most: timedelta) -> list[PaymentRecord]:
+    """Poll the ledger until every payment of the period has ended, or `at_most` passed;
+    returns those still open."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + at_most.total_seconds()
+    with progress_bar() as progress:
+        task = progress.add_task(f"waiting for {period}", total=None)
+        while True:
+            payments = await svc.ledger.period_payments(period)
+            still_open = [p for p in payments if p.status not in TERMINAL_STATUSES]
+            progress.update(task, total=len(payments), completed=len(payments) - len(still_open))
+            if not still_open or loop.time() >= deadline:
+                return still_open
+            await asyncio.sleep(0.5)
 
 
 def positive_seconds(text: str) -> float:

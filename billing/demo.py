@@ -1,13 +1,15 @@
 """Demo customers: seeded into Stripe (or the sandbox) and Postgres; safe to repeat."""
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import stripe
 
+from billing.constants import PaymentStatus
 from billing.ledger import Ledger
-from billing.models import NewCustomer
+from billing.models import NewCustomer, PaymentEvent
 from billing.stripe_client import read_retried
 
 DEMO_CUSTOMERS = 50
@@ -19,6 +21,11 @@ DEMO_CARDS = (
     + ["pm_card_chargeDeclined", "pm_card_chargeDeclinedInsufficientFunds"]
 )
 DEMO_CURRENCIES = ("usd", "eur")
+# The demo's own dunning schedule, short enough to show a soft decline retried and then failed
+# within its wait. `bill` follows DUNNING_SCHEDULE (1, 3 and 5 days by default).
+DEMO_DUNNING = (timedelta(seconds=8), timedelta(seconds=16))
+# How long the demo waits for the payments to end before it reports.
+DEMO_WAIT = timedelta(seconds=40)
 
 
 # Seeding is a burst of calls that Stripe's rate limit (25/s in test mode) may refuse.
@@ -96,3 +103,14 @@ async def seed_demo_customers(
         )
     await ledger.upsert_customers(customers)
     return customers
+
+
+def next_retry(events: Sequence[PaymentEvent], schedule: Sequence[timedelta]) -> datetime | None:
+    """When a payment waiting in dunning tries again: the schedule counts from its first soft
+    decline. None when it is not waiting, or its schedule is not known here."""
+    declines = [e for e in events if e.to_status == PaymentStatus.RETRYING]
+    if not declines or events[-1].to_status != PaymentStatus.RETRYING:
+        return None
+    if len(declines) > len(schedule):
+        return None
+    return declines[0].occurred_at + schedule[len(declines) - 1]

@@ -4,13 +4,19 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from billing.constants import TERMINAL_STATUSES, starting_search_attributes, workflow_id
 from billing.ledger import Ledger
 from billing.models import BillingPolicy, PaymentInput, PaymentResult
+from billing.temporal_client import CANCEL_SIGNAL, cancel_was_requested
 from workflows.payment import PaymentWorkflow
 
 CONCURRENT_STARTS = 32
@@ -20,12 +26,13 @@ CONCURRENT_STARTS = 32
 class LaunchSummary:
     rows_created: int = 0
     started: int = 0
+    resumed: int = 0  # stranded: open in the ledger, their workflow closed
     already_launched: int = 0
     already_final: int = 0
 
     @property
     def payments(self) -> int:
-        return self.started + self.already_launched + self.already_final
+        return self.started + self.resumed + self.already_launched + self.already_final
 
 
 async def launch_period(
@@ -45,8 +52,9 @@ async def launch_period(
     The workflow id derives from the payment, and FAIL on conflict keeps a running one
     single. A payment the ledger holds open whose workflow is closed (terminated, or a row
     restored from a backup) is stranded: it gets a new run (ALLOW_DUPLICATE), which reads the
-    row and converges with Stripe before sending anything, so it never charges twice. Rows
-    the ledger holds final are never started again.
+    row and converges with Stripe before sending anything, so it never charges twice, and
+    which starts cancelled if the closed run had been asked to cancel. Rows the ledger holds
+    final are never started again.
     """
     summary = LaunchSummary(rows_created=await ledger.create_period_payments(period))
     payments = await ledger.period_payment_inputs(period, policy)
@@ -55,24 +63,48 @@ async def launch_period(
     on_total(len(unfinished))
     slots = asyncio.Semaphore(CONCURRENT_STARTS)
 
+    async def start_run(
+        payment: PaymentInput, reuse: WorkflowIDReusePolicy, cancelled: bool = False
+    ) -> None:
+        await client.start_workflow(
+            PaymentWorkflow.run,
+            payment,
+            id=workflow_id(payment.payment_id),
+            task_queue=task_queue,
+            id_reuse_policy=reuse,
+            # Signal-with-start cannot FAIL on a running run: one that another `bill` just
+            # started is sent the cancel it must honour anyway.
+            id_conflict_policy=(
+                WorkflowIDConflictPolicy.USE_EXISTING
+                if cancelled
+                else WorkflowIDConflictPolicy.FAIL
+            ),
+            search_attributes=starting_search_attributes(
+                payment.billing_period, payment.customer_id
+            ),
+            start_signal=CANCEL_SIGNAL if cancelled else None,
+        )
+
     async def start(payment: PaymentInput) -> None:
         async with slots:
             try:
-                await client.start_workflow(
-                    PaymentWorkflow.run,
-                    payment,
-                    id=workflow_id(payment.payment_id),
-                    task_queue=task_queue,
-                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                    search_attributes=starting_search_attributes(
-                        payment.billing_period, payment.customer_id
-                    ),
-                )
+                await start_run(payment, WorkflowIDReusePolicy.REJECT_DUPLICATE)
                 summary.started += 1
             except WorkflowAlreadyStartedError:
-                summary.already_launched += 1
+                await resume_if_stranded(payment)
             on_progress()
+
+    async def resume_if_stranded(payment: PaymentInput) -> None:
+        closed = client.get_workflow_handle(workflow_id(payment.payment_id))
+        if (await closed.describe()).status == WorkflowExecutionStatus.RUNNING:
+            summary.already_launched += 1
+            return
+        cancelled = await cancel_was_requested(closed)
+        try:
+            await start_run(payment, WorkflowIDReusePolicy.ALLOW_DUPLICATE, cancelled)
+            summary.resumed += 1
+        except WorkflowAlreadyStartedError:  # another `bill` resumed it first
+            summary.already_launched += 1
 
     await asyncio.gather(*(start(p) for p in unfinished))
     return summary

@@ -322,6 +322,11 @@ class PaymentWorkflow:
         found = await self._converge()
         if isinstance(found, Authorization) and state.status == PaymentStatus.RETRYING:
             await self._begin_generation("adopted_after_resume")
+        held = state.status in (PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURING)
+        if found is None and held:
+            # The recorded authorization is gone (voided or expired before the run that
+            # held it closed): its key would only replay it. Authorize, if at all, anew.
+            await self._begin_generation("resumed_without_hold")
         return found, state.status == PaymentStatus.CAPTURING
 
     async def _authorize(self) -> Authorization | ApplicationError:

@@ -433,12 +433,6 @@ async def test_terminate_after_stripe_captured_then_bill_records_the_capture(
     assert await scene.reconcile() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a cancel request lives only in the history of the run it reached; the run "
-    "`bill` starts after a terminate never sees it, adopts the live authorization and captures "
-    "it, although `cancel` promised that the request takes effect",
-)
 async def test_a_cancel_sent_before_a_terminate_holds_in_the_run_bill_starts(
     scene: Scene,
 ) -> None:
@@ -459,12 +453,6 @@ async def test_a_cancel_sent_before_a_terminate_holds_in_the_run_bill_starts(
     await scene.assert_ended(payment.id, S.CANCELLED, created=1, captured=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: after a terminate between the void and its ledger write, the run `bill` "
-    "starts re-sends the authorize key, Stripe replays the voided intent, capture is refused, "
-    "and the payment ends failed (IntentNotCapturable) instead of cancelled",
-)
 async def test_terminate_between_the_void_and_its_record_then_bill_ends_cancelled(
     scene: Scene,
 ) -> None:
