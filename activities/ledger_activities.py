@@ -65,16 +65,17 @@ class LedgerActivities:
     async def begin_capture(self, input: BeginCaptureInput) -> CaptureAllowed:
         """authorized -> capturing, the guard before money moves. If anything else moved the
         row first (an operator's cancel), the capture is refused and says what won."""
-        try:
-            await self._ledger.transition(
-                input.payment_id,
-                PaymentStatus.CAPTURING,
-                intent_id=input.intent_id,
-                generation=input.generation,
-            )
-        except ForbiddenTransition:
-            state = await self._ledger.payment_state(input.payment_id)
-            return CaptureAllowed(allowed=False, status=state.status)
+        with ledger_rules_are_final():
+            try:
+                await self._ledger.transition(
+                    input.payment_id,
+                    PaymentStatus.CAPTURING,
+                    intent_id=input.intent_id,
+                    generation=input.generation,
+                )
+            except ForbiddenTransition:
+                state = await self._ledger.payment_state(input.payment_id)
+                return CaptureAllowed(allowed=False, status=state.status)
         return CaptureAllowed(allowed=True, status=PaymentStatus.CAPTURING)
 
     @activity.defn(name="finalize")

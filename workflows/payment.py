@@ -128,6 +128,11 @@ def business_failure(err: ActivityError) -> ApplicationError | None:
     return None
 
 
+def _failure_type(err: ActivityError | ApplicationError) -> str | None:
+    cause = err.cause if isinstance(err, ActivityError) else err
+    return cause.type if isinstance(cause, ApplicationError) else None
+
+
 def decline_of(failure: ApplicationError) -> Decline | None:
     if failure.type == ErrorType.CARD_DECLINED and failure.details:
         return Decline.model_validate(failure.details[0])
@@ -208,14 +213,40 @@ class PaymentWorkflow:
                 # Shielded: the request must not cancel a capture or a ledger write midway.
                 return await asyncio.shield(charge)
             except asyncio.CancelledError:
+                if charge.cancelled():  # never expected (see _wait_until): do not spin on it
+                    raise
                 workflow.logger.info("cancellation requested: cancelling the payment")
                 self._cancel_requested = True
+
+    async def _wait_until(self, condition: Callable[[], bool], *, at_most: timedelta) -> None:
+        """`wait_until`, where a Temporal cancellation request that ends the wait (as the SDK
+        does when it applies an activation's jobs as one batch) means `cancel`."""
+        try:
+            await wait_until(condition, at_most=at_most)
+        except asyncio.CancelledError:
+            if not self._exactly_once:
+                raise
+            self._cancel_requested = True
 
     async def _charge_or_settle(self) -> PaymentResult:
         try:
             return await self._charge()
         except (ActivityError, ApplicationError) as err:
+            if _failure_type(err) == ErrorType.UNKNOWN_PAYMENT:
+                return self._row_lost()
             return await self._needs_attention(err)
+
+    def _row_lost(self) -> PaymentResult:
+        """The payment's row is gone (a restore from a backup, a truncated table). Stripe is
+        left alone: `bill` makes the row again, and its run finds what Stripe holds for the
+        period, including any authorization this run made; `reconcile` reports it meanwhile."""
+        workflow.logger.warning("the payment's row is gone; leaving Stripe to the row made again")
+        return PaymentResult(
+            payment_id=self._input.payment_id,
+            status=PaymentStatus.NEEDS_ATTENTION,
+            failure_code=ErrorType.UNKNOWN_PAYMENT,
+            note="the payment row is gone; `bill` makes it again and that run takes over",
+        )
 
     async def _charge(self) -> PaymentResult:
         policy = self._input.policy
@@ -257,7 +288,7 @@ class PaymentWorkflow:
 
             if not window_done:
                 self._step = "capture_window"
-                await wait_until(lambda: self._cancel_requested, at_most=policy.capture_delay)
+                await self._wait_until(lambda: self._cancel_requested, at_most=policy.capture_delay)
                 window_done = True
             if self._cancel_requested:
                 return await self._cancel(intent_id=intent_id)
@@ -397,7 +428,7 @@ class PaymentWorkflow:
         self._dunning_attempts += 1
         wait = schedule[attempt] - (schedule[attempt - 1] if attempt else timedelta(0))
         self._step = "waiting_to_retry"
-        await wait_until(
+        await self._wait_until(
             lambda: self._cancel_requested or self._payment_method_updated, at_most=wait
         )
 
@@ -639,7 +670,7 @@ class PaymentWorkflow:
         """An error the workflow does not expect: void every live authorization of the
         (Stripe customer, period), then record `needs_attention` with the reason."""
         cause = err.cause if isinstance(err, ActivityError) and err.cause else err
-        reason = getattr(cause, "type", None) or type(cause).__name__
+        reason = _failure_type(err) or type(cause).__name__
         message = str(cause)
         workflow.logger.warning("payment needs attention: %s: %s", reason, message)
         self._step = "release_holds"

@@ -539,13 +539,6 @@ async def test_a_restore_of_the_payments_table_never_charges_again(scene: Scene)
     assert await scene.reconcile() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the old run's row is gone, so its begin_capture fails (UnknownPayment) and "
-    "needs_attention voids every live authorization of the (Stripe customer, period), "
-    "including the one the new row's run adopted; that capture is refused, the payment ends "
-    "failed and the customer is never charged",
-)
 async def test_a_restore_while_a_payment_waits_in_its_window_still_charges_once(
     scene: Scene,
 ) -> None:

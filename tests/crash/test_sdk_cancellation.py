@@ -4,10 +4,10 @@ temporalio 1.35 has a workflow logic flag, PROCESS_WORKFLOW_ACTIVATION_JOBS_AS_S
 by default; a TODO in the SDK says to turn it on by default once two published releases know
 it, and pyproject.toml asks for `temporalio>=1.35`. With it on, `workflow.wait_condition` raises
 CancelledError in whichever task waits when a cancellation request arrives during the wait.
-The capture window (and the dunning wait) waits inside the shielded charge task, which then
-ends cancelled, and `PaymentWorkflow._charge_until_ended` awaits `asyncio.shield` of that
-finished task again and again without yielding: the SDK's deadlock detector fails every
-workflow task, and the payment stays `authorized` with its authorization held.
+The capture window (and the dunning wait) waits inside the shielded charge task. That task
+ended cancelled, and `PaymentWorkflow._charge_until_ended` awaited `asyncio.shield` of it again
+and again without yielding: the deadlock detector failed every workflow task, and the payment
+stayed `authorized` with its hold. The waits now take that CancelledError for `cancel`.
 
 The test turns the flag on for its in-process worker through the SDK's private default.
 """
@@ -34,13 +34,6 @@ PERIOD = "2026-11"
 END_TIMEOUT_S = 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="bug on the SDK's coming default: a cancellation request in the capture window "
-    "cancels the shielded charge task, and _charge_until_ended spins on it (deadlock detector, "
-    "the payment stuck authorized)",
-)
 async def test_a_cancellation_request_in_the_window_with_single_batch_activations(
     temporal_env: WorkflowEnvironment,
     pool: asyncpg.Pool,
