@@ -120,12 +120,16 @@ def idempotency_key(payment_id: str, step: str, generation: int, resend: int = 0
     `resend` counts deliberate new keys for a capture or void whose first key Stripe poisoned
     with a stored 500 after the workflow read the intent and saw the call had not taken effect.
     """
-    key = f"pay_{payment_id}_{step}_{generation}"
-    return f"{key}_r{resend}" if resend else key
+    return resend_key(f"pay_{payment_id}_{step}_{generation}", resend)
 
 
 def void_key(payment_id: str, intent_id: str, resend: int = 0) -> str:
     """Voids key on the intent they release: a payment may release several in one
     generation (extra authorizations found when converging)."""
-    key = f"pay_{payment_id}_void_{intent_id}"
+    return resend_key(f"pay_{payment_id}_void_{intent_id}", resend)
+
+
+def resend_key(key: str, resend: int) -> str:
+    """The key suffix rule: the nth deliberate resend of a call whose key Stripe poisoned
+    with a stored 500 (after reading showed the call had not taken effect) adds `_r<n>`."""
     return f"{key}_r{resend}" if resend else key

@@ -18,7 +18,7 @@ import stripe
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from billing.constants import TERMINAL_STATUSES, workflow_id
+from billing.constants import TERMINAL_STATUSES, resend_key, workflow_id
 from billing.ledger import BilledPayment, ReconcileLedger
 from billing.reconcile_checks import (
     Comparison,
@@ -166,8 +166,7 @@ async def _payment_still_open(ledger: ReconcileLedger, period: str, orphan: Find
 
 def void_key(intent_id: str, resend: int = 0) -> str:
     """Derived from the intent, so a second `--fix` replays the first one's answer."""
-    key = f"reconcile_void_{intent_id}"
-    return f"{key}_r{resend}" if resend else key
+    return resend_key(f"reconcile_void_{intent_id}", resend)
 
 
 async def void_orphan(client: stripe.StripeClient, intent_id: str) -> VoidOutcome:
