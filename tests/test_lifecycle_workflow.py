@@ -19,6 +19,7 @@ from billing.models import (
     PaymentInput,
     PaymentMethodUpdate,
     PaymentResult,
+    PaymentState,
     PeriodIntents,
     RecordAuthorizationInput,
     RecordCancellationInput,
@@ -395,3 +396,26 @@ async def test_two_captures_for_one_period_end_needs_attention(
     assert [v.intent_id for v in stubs.inputs("void") if isinstance(v, VoidInput)] == ["pi_3"]
     assert stubs.names()[-1] == "record_attention"
     assert "authorize" not in stubs.names()
+
+
+async def test_a_run_resumed_after_capture_began_captures_despite_a_cancel(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """The closed run had moved the row to capturing: the capture may be at Stripe, so a
+    cancel is too late, as it would have been for that run."""
+    held = Authorization(intent_id="pi_held", amount_capturable=4200)
+    stubs = StubActivities(
+        row=PaymentState(
+            status=PaymentStatus.CAPTURING,
+            generation=1,
+            intent_id="pi_held",
+            payment_method_id="pm_card_visa",
+        ),
+        held_at_stripe=[PeriodIntents(capturable=(held,))],
+    )
+    payment = payment_input(BillingPolicy(capture_delay=timedelta(hours=2)))
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment, start_signal="cancel")).result()
+    assert (result.status, result.stripe_payment_intent_id) == (PaymentStatus.SUCCEEDED, "pi_held")
+    assert "void" not in stubs.names() and "authorize" not in stubs.names()
+    assert result.note == "a cancel came after capture began; the payment was captured"

@@ -253,12 +253,13 @@ class PaymentWorkflow:
         reauthorized = False
         window_done = policy.capture_delay <= timedelta(0)
         authorization: Converged = None
+        capture_begun = False  # by a run before this one: a cancel is then too late
         if self._exactly_once:
             begun = await self._begin()
             if isinstance(begun, PaymentResult):
                 return begun
-            authorization, resumed_capture = begun
-            window_done = window_done or resumed_capture
+            authorization, capture_begun = begun
+            window_done = window_done or capture_begun
         while True:
             if isinstance(authorization, Capture):
                 return await self._record_paid(authorization)
@@ -290,7 +291,7 @@ class PaymentWorkflow:
                 self._step = "capture_window"
                 await self._wait_until(lambda: self._cancel_requested, at_most=policy.capture_delay)
                 window_done = True
-            if self._cancel_requested:
+            if self._cancel_requested and not capture_begun:
                 return await self._cancel(intent_id=intent_id)
 
             if self._exactly_once:
@@ -358,7 +359,7 @@ class PaymentWorkflow:
             # The recorded authorization is gone (voided or expired before the run that
             # held it closed): its key would only replay it. Authorize, if at all, anew.
             await self._begin_generation("resumed_without_hold")
-        return found, state.status == PaymentStatus.CAPTURING
+        return found, state.status == PaymentStatus.CAPTURING and found is not None
 
     async def _authorize(self) -> Authorization | ApplicationError:
         self._step = "authorize"
