@@ -1,7 +1,7 @@
 """Stripe calls. Each carries the idempotency key the workflow derived from the payment."""
 
 import random
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 import stripe
@@ -118,7 +118,8 @@ class StripeActivities:
     async def authorize(self, input: AuthorizeInput) -> Authorization:
         """Create and confirm an uncaptured PaymentIntent (capture_method=manual)."""
         info = activity.info()
-        if info.current_attempt_scheduled_time - info.scheduled_time > AUTHORIZE_KEY_LIFETIME:
+        # Now, not the attempt's schedule time: a retry queued early may run a day later.
+        if datetime.now(UTC) - info.scheduled_time > AUTHORIZE_KEY_LIFETIME:
             raise ApplicationError(
                 f"authorize key {input.idempotency_key} was first sent at "
                 f"{info.scheduled_time:%Y-%m-%d %H:%M} UTC; Stripe may have forgotten it",

@@ -298,8 +298,11 @@ async def test_an_authorize_key_older_than_a_day_is_not_resent(
     """Stripe forgets a key after 24 h: a retry later than that would authorize again."""
     env = ActivityEnvironment()
     now = datetime.now(UTC)
+    # The retry was queued right after the first attempt; it runs a day later.
     env.info = replace(
-        env.info, scheduled_time=now - timedelta(hours=24), current_attempt_scheduled_time=now
+        env.info,
+        scheduled_time=now - timedelta(hours=24),
+        current_attempt_scheduled_time=now - timedelta(hours=24),
     )
     activities = StripeActivities(make_stripe_client(settings))
     request = AuthorizeInput(
