@@ -79,7 +79,7 @@ class ErrorType(StrEnum):
 # A retryable failure type, so never in ErrorType: a 429 waits and tries again.
 RATE_LIMITED = "StripeRateLimited"
 
-# Declines that may succeed later; every other decline is final (DESIGN.md).
+# Declines that may succeed later; every other decline is final.
 SOFT_DECLINE_CODES = frozenset(
     {
         "insufficient_funds",
@@ -115,7 +115,7 @@ def workflow_id(payment_id: str) -> str:
 
 
 def idempotency_key(payment_id: str, step: str, generation: int, resend: int = 0) -> str:
-    """Stripe idempotency key: derived from the payment, never random (DESIGN.md).
+    """Stripe idempotency key: derived from the payment, never random.
 
     `resend` counts deliberate new keys for a capture or void whose first key Stripe poisoned
     with a stored 500 after the workflow read the intent and saw the call had not taken effect.

@@ -1,7 +1,7 @@
 """The Postgres ledger: the system of record for customers and payments.
 
 All SQL lives here. Every payment write is a guarded transition that appends to
-`payment_events` in the same transaction (DESIGN.md).
+`payment_events` in the same transaction.
 """
 
 import json
