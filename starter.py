@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -23,40 +23,58 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from temporalio.client import (
     Client,
-    WithStartWorkflowOperation,
-    WorkflowExecutionStatus,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
-    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from billing.constants import (
     BILLING_PERIOD,
     TERMINAL_STATUSES,
     CancelOutcome,
     PaymentStatus,
-    starting_search_attributes,
+    billing_run_id,
     workflow_id,
 )
 from billing.customers_csv import InvalidCsv, read_customers
 from billing.demo import DEMO_DUNNING, DEMO_WAIT, next_retry, seed_demo_customers
 from billing.durations import InvalidDuration, check_capture_delay, parse_duration
-from billing.launcher import LaunchSummary, NotEnded, launch_period, wait_for_payments
 from billing.ledger import CustomerConflict, Ledger, ReconcileLedger, migrate, open_pool
-from billing.models import BillingPolicy, PaymentRecord
+from billing.models import (
+    BillingPolicy,
+    BillingRunInput,
+    LaunchCounts,
+    PaymentRecord,
+    PeriodCounts,
+    RunProgress,
+)
 from billing.money import format_amount
-from billing.period import InvalidPeriod, current_period, parse_period
+from billing.period import InvalidPeriod, billed_period, current_period, parse_period
 from billing.reconcile import Comparison, Kind, reconcile
 from billing.settings import Settings
 from billing.stripe_client import make_stripe_client
-from billing.temporal_client import connect_temporal
-from workflows.payment import PaymentWorkflow
+from temporal_ops import (
+    billing_run,
+    cancel_with_start,
+    connect_temporal,
+    create_schedule,
+    monthly_schedule,
+    payment_input,
+    payment_step,
+    payment_workflow_state,
+    run_progress,
+    schedule_handle,
+    signal_cancel,
+    start_billing_run,
+)
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
+# `bill` reads the run's progress this often, and says after this long that no worker answers.
+FOLLOW_POLL_S = 0.5
+NO_WORKER_HINT_S = 10.0
+OPEN_STATUSES = tuple(s for s in PaymentStatus if s not in TERMINAL_STATUSES)
 
 out = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -119,48 +137,96 @@ async def bill(
     wait: bool,
     capture_after: timedelta | None = None,
     policy: BillingPolicy | None = None,
+    idle_interval: timedelta | None = None,
 ) -> None:
+    """Start the period's billing run, or attach to the one running, and follow it until it
+    has launched every payment (with `wait`, until every payment has ended)."""
     client = await svc.temporal()
-    with progress_bar() as progress:
-        task = progress.add_task(f"starting {period}", total=None)
-        summary = await launch_period(
-            svc.ledger,
-            client,
-            period,
-            svc.settings.task_queue,
-            policy or svc.settings.billing_policy(capture_after),
-            on_total=lambda n: progress.update(task, total=n),
-            on_progress=lambda: progress.advance(task),
+    settings = svc.settings
+    run = BillingRunInput(
+        period=period,
+        policy=policy or settings.billing_policy(capture_after),
+        launch_rate=settings.launch_rate,
+        poll_interval=settings.run_poll_interval,
+        idle_interval=idle_interval or BillingRunInput.model_fields["idle_interval"].default,
+    )
+    handle, started = await start_billing_run(client, run, settings.task_queue)
+    if started:
+        out.print(f"started {handle.id}, launching at most {run.launch_rate:g} payments/s")
+    else:
+        out.print(
+            f"{handle.id} is already running (with the policy it started with); "
+            "asked it to resume any stranded payment now"
         )
-    print_launch_summary(period, summary)
+    progress = await follow_run(client, period, to_the_end=wait)
+    print_launch_summary(period, progress.launched)
     if wait:
-        await wait_for_period(svc, period)
+        print_counts(period, progress.counts)
 
 
-async def wait_for_period(svc: Services, period: str) -> None:
-    client = await svc.temporal()
-    ids = [p.id for p in await svc.ledger.period_payments(period)]
-    with progress_bar() as progress:
-        task = progress.add_task(f"waiting for {period}", total=len(ids))
-        ended = await wait_for_payments(client, ids, on_progress=lambda: progress.advance(task))
-    for payment in ended:
-        if isinstance(payment, NotEnded):
-            out.print(
-                f"payment {payment.payment_id}: its workflow closed without ending the payment "
-                f"({payment.why}); `bill {period}` resumes it"
+async def follow_run(client: Client, period: str, *, to_the_end: bool) -> RunProgress:
+    """Show the run's progress, read from its `progress` query, until it has launched every
+    payment or, `to_the_end`, until it has completed. Interrupting leaves the run going."""
+    handle = billing_run(client, period)  # the latest run: it continues as new
+    result = asyncio.ensure_future(handle.result())
+    loop = asyncio.get_running_loop()
+    hint_at = loop.time() + NO_WORKER_HINT_S
+    last: RunProgress | None = None
+    try:
+        with progress_bar() as bar:
+            launching = bar.add_task(f"launching {period}", total=None)
+            ending = bar.add_task(f"ended in {period}", total=None, visible=to_the_end)
+            while not result.done():
+                try:
+                    last = await run_progress(handle)
+                except (RPCError, WorkflowQueryFailedError):
+                    if loop.time() >= hint_at:
+                        hint_at = float("inf")
+                        err_console.print(
+                            "no worker answers yet; start one with `python worker.py` "
+                            "(`make up` runs one); the run waits for it"
+                        )
+                if last is not None:
+                    total = last.counts.total or None
+                    bar.update(launching, completed=last.launched.payments, total=total)
+                    ended = last.counts.total - last.counts.count(*OPEN_STATUSES)
+                    bar.update(ending, completed=ended, total=total)
+                    if last.phase != "launching" and not to_the_end:
+                        return last
+                await asyncio.wait([result], timeout=FOLLOW_POLL_S)
+            summary = result.result()
+            return RunProgress(
+                period=period,
+                phase="done",
+                launched=summary.launched,
+                counts=summary.counts,
+                runs=last.runs if last else 1,
             )
+    finally:
+        result.cancel()
 
 
-def print_launch_summary(period: str, summary: LaunchSummary) -> None:
+def print_launch_summary(period: str, counts: LaunchCounts) -> None:
     table = Table(title=f"bill {period}")
     table.add_column("what")
     table.add_column("count", justify="right")
-    table.add_row("payment rows created now", str(summary.rows_created))
-    table.add_row("workflows started now", str(summary.started))
-    table.add_row("stranded payments resumed now", str(summary.resumed))
-    table.add_row("already launched (left alone)", str(summary.already_launched))
-    table.add_row("already final (left alone)", str(summary.already_final))
-    table.add_row("payments in period", str(summary.payments))
+    table.add_row("payment rows created", str(counts.rows_created))
+    table.add_row("workflows started", str(counts.started))
+    table.add_row("stranded payments resumed", str(counts.resumed))
+    table.add_row("already launched (left alone)", str(counts.already_launched))
+    table.add_row("already final (left alone)", str(counts.already_final))
+    table.add_row("payments in period", str(counts.payments))
+    out.print(table)
+
+
+def print_counts(period: str, counts: PeriodCounts) -> None:
+    table = Table(title=f"{period}: how the payments ended")
+    table.add_column("status")
+    table.add_column("payments", justify="right")
+    for status, count in sorted(counts.by_status.items()):
+        table.add_row(status.value, str(count))
+    for currency, amount in sorted(counts.received.items()):
+        table.add_row(f"received {currency.upper()}", format_amount(amount, currency))
     out.print(table)
 
 
@@ -217,16 +283,13 @@ async def status(svc: Services, payment_id: str) -> None:
     out.print(f"intent    {payment.stripe_payment_intent_id or '-'}")
     if payment.failure_code:
         out.print(f"failure   {payment.failure_code}: {payment.failure_message}")
-    client = await svc.temporal()
-    handle = client.get_workflow_handle_for(PaymentWorkflow.run, workflow_id(payment.id))
-    try:
-        description = await handle.describe()
-        line = f"workflow  {handle.id} {description.status.name if description.status else '?'}"
-        if description.status == WorkflowExecutionStatus.RUNNING:
-            line += f", step {await handle.query(PaymentWorkflow.current_step)}"
-        out.print(line)
-    except RPCError:
-        out.print(f"workflow  {handle.id} not started (run `bill {payment.billing_period}`)")
+    state, step = await payment_workflow_state(await svc.temporal(), payment.id)
+    if state == "not started":
+        out.print(
+            f"workflow  {workflow_id(payment.id)} not started (run `bill {payment.billing_period}`)"
+        )
+    else:
+        out.print(f"workflow  {workflow_id(payment.id)} {state}{f', step {step}' if step else ''}")
     for event in await svc.ledger.events(payment.id):
         change = f"{event.from_status or '-'} -> {event.to_status}"
         out.print(f"  {event.occurred_at:%Y-%m-%d %H:%M:%S} {change} {event.detail}")
@@ -249,7 +312,6 @@ OUTCOME_OF_FINAL_STATUS = {
     PaymentStatus.NEEDS_ATTENTION: CancelOutcome.NEEDS_ATTENTION,
 }
 CANCEL_TIMEOUT_S = 30.0
-QUERY_TIMEOUT = timedelta(seconds=3)
 
 
 async def cancel(
@@ -258,59 +320,41 @@ async def cancel(
     """Ask the payment's workflow to cancel and wait, at most `deadline_s`, for what it
     did. Returns the outcome, and for REQUESTED the step the payment is at.
 
-    Update-with-start: a payment whose workflow has not started yet is started already
-    cancelled, so it can never authorize; a stranded one (open row, closed workflow) gets a
-    new run that converges, then cancels. Past the deadline the `cancel` signal is sent too,
-    so the request is recorded even when no worker runs now, and takes effect.
+    Through update-with-start (see `cancel_with_start`). Past the deadline the `cancel` signal
+    is sent too, so the request is recorded even when no worker runs now, and takes effect.
     """
-    found = await svc.ledger.payment_input(payment_id, svc.settings.billing_policy())
-    if found is None:
+    row = await svc.ledger.billable_row(payment_id)
+    if row is None:
         return CancelOutcome.UNKNOWN_PAYMENT, None
-    payment, status = found
-    if status in OUTCOME_OF_FINAL_STATUS:
-        return OUTCOME_OF_FINAL_STATUS[status], None
+    if row.status in OUTCOME_OF_FINAL_STATUS:
+        return OUTCOME_OF_FINAL_STATUS[row.status], None
     client = await svc.temporal()
-    start = WithStartWorkflowOperation(
-        PaymentWorkflow.run,
-        payment,
-        id=workflow_id(payment.payment_id),
-        task_queue=svc.settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        search_attributes=starting_search_attributes(payment.billing_period, payment.customer_id),
-    )
+    payment = payment_input(row, svc.settings.billing_policy())
     try:
-        # By name: the SDK's typing of an async update handler does not fit this call.
-        outcome = await asyncio.wait_for(
-            client.execute_update_with_start_workflow(
-                "cancel_payment", start_workflow_operation=start, result_type=CancelOutcome
-            ),
-            deadline_s,
-        )
-        return CancelOutcome(outcome), None
-    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
-        return CancelOutcome.REQUESTED, await request_cancel(svc, payment_id)
+        outcome = await cancel_with_start(client, payment, svc.settings.task_queue, deadline_s)
     except (WorkflowAlreadyStartedError, WorkflowUpdateFailedError, RPCError) as err:
         record = await svc.ledger.payment(payment_id)
         if record is not None and record.status in OUTCOME_OF_FINAL_STATUS:
             return OUTCOME_OF_FINAL_STATUS[record.status], None
         raise CliError(f"could not cancel payment {payment_id}: {err}") from err
+    if outcome is not None:
+        return outcome, None
+    return CancelOutcome.REQUESTED, await request_cancel(svc, payment_id)
 
 
 async def request_cancel(svc: Services, payment_id: str) -> str:
     """Send the durable `cancel` signal and say where the payment is: its workflow's step,
     or its ledger status when no worker answers."""
     client = await svc.temporal()
-    handle = client.get_workflow_handle_for(PaymentWorkflow.run, workflow_id(payment_id))
     try:
-        await handle.signal(PaymentWorkflow.cancel)
+        await signal_cancel(client, payment_id)
     except RPCError as err:
         raise CliError(f"could not send cancel to payment {payment_id}: {err}") from err
-    try:
-        return await handle.query(PaymentWorkflow.current_step, rpc_timeout=QUERY_TIMEOUT)
-    except (RPCError, WorkflowQueryFailedError):
-        record = await svc.ledger.payment(payment_id)
-        return f"{record.status.value if record else 'unknown'} (in the ledger)"
+    step = await payment_step(client, payment_id)
+    if step is not None:
+        return step
+    record = await svc.ledger.payment(payment_id)
+    return f"{record.status.value if record else 'unknown'} (in the ledger)"
 
 
 EXIT_DISCREPANCY = 1
@@ -467,6 +511,57 @@ async def wait_until_ended(svc: Services, period: str, at_most: timedelta) -> li
             await asyncio.sleep(0.5)
 
 
+async def schedule_command(svc: Services, action: str) -> None:
+    """create (or bring up to date), describe, pause, unpause, trigger or delete the one
+    monthly Schedule."""
+    client = await svc.temporal()
+    settings = svc.settings
+    handle = schedule_handle(client)
+    try:
+        if action == "create":
+            created = await create_schedule(
+                client, monthly_schedule(settings, settings.billing_policy())
+            )
+            out.print(f"schedule {handle.id} {'created' if created else 'updated'}")
+        elif action == "pause":
+            await handle.pause(note="paused with `starter.py schedule pause`")
+        elif action == "unpause":
+            await handle.unpause(note="unpaused with `starter.py schedule unpause`")
+        elif action == "trigger":
+            await handle.trigger()
+            period = billed_period(
+                datetime.now(UTC), settings.schedule_time_zone, settings.bill_in_arrears
+            )
+            out.print(f"triggered: it starts {billing_run_id(period)} unless that exists")
+            return
+        elif action == "delete":
+            await handle.delete()
+            out.print(f"schedule {handle.id} deleted; billing runs already started go on")
+            return
+        await describe_schedule(svc)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise CliError(f"no schedule {handle.id}; create it with `schedule create`") from err
+        raise
+
+
+async def describe_schedule(svc: Services) -> None:
+    description = await schedule_handle(await svc.temporal()).describe()
+    calendar = description.schedule.spec.calendars[0]
+    zone = description.schedule.spec.time_zone_name or "UTC"
+    state = description.schedule.state
+    out.print(
+        f"schedule  {description.id}: day {calendar.day_of_month[0].start} of each month at "
+        f"{calendar.hour[0].start:02d}:00 {zone}"
+    )
+    out.print(f"state     {'paused' if state.paused else 'active'}  ({state.note or '-'})")
+    for when in description.info.next_action_times[:3]:
+        out.print(f"next      {when:%Y-%m-%d %H:%M} UTC")
+    for action in description.info.recent_actions[-3:]:
+        started = getattr(action.action, "workflow_id", "?")
+        out.print(f"fired     {action.scheduled_at:%Y-%m-%d %H:%M} UTC -> {started}")
+
+
 def positive_seconds(text: str) -> float:
     try:
         seconds = float(text)
@@ -480,9 +575,13 @@ def positive_seconds(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="starter.py", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    bill_cmd = commands.add_parser("bill", help="create the period's payments and start them")
+    bill_cmd = commands.add_parser(
+        "bill", help="start the period's billing run (or attach to it) and follow its launch"
+    )
     bill_cmd.add_argument("period", metavar="YYYY-MM")
-    bill_cmd.add_argument("--wait", action="store_true", help="wait until every payment ends")
+    bill_cmd.add_argument(
+        "--wait", action="store_true", help="follow the run until every payment has ended"
+    )
     bill_cmd.add_argument(
         "--capture-after",
         metavar="DELAY",
@@ -525,6 +624,10 @@ def build_parser() -> argparse.ArgumentParser:
     import_cmd = customers_sub.add_parser("import", help="upsert customers from a CSV file")
     import_cmd.add_argument("file", type=Path, metavar="FILE.csv")
     commands.add_parser("demo", help="seed demo customers, bill this month, show the report")
+    schedule_cmd = commands.add_parser("schedule", help="the Schedule that bills each month")
+    schedule_cmd.add_argument(
+        "action", choices=["create", "describe", "pause", "unpause", "trigger", "delete"]
+    )
     return parser
 
 
@@ -556,6 +659,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings, client: Client 
             await import_customers(svc, args.file)
         elif args.command == "demo":
             await demo(svc)
+        elif args.command == "schedule":
+            await schedule_command(svc, args.action)
     return EXIT_OK
 
 

@@ -1,4 +1,4 @@
-"""Runs the payment workflows and their activities until SIGINT or SIGTERM."""
+"""Runs the payment and billing-run workflows and their activities until SIGINT or SIGTERM."""
 
 import asyncio
 import logging
@@ -9,12 +9,14 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import all_activities
+from activities.billing_run_activities import BillingRunActivities
 from activities.ledger_activities import LedgerActivities
 from activities.stripe_activities import StripeActivities
-from billing.ledger import migrate, open_pool
+from billing.ledger import Ledger, migrate, open_pool
 from billing.settings import Settings
 from billing.stripe_client import make_stripe_client
-from billing.temporal_client import connect_temporal
+from temporal_ops import connect_temporal
+from workflows.billing_run import BillingRunWorkflow, MonthlyBillingWorkflow
 from workflows.payment import PaymentWorkflow
 
 log = logging.getLogger("billing.worker")
@@ -29,13 +31,16 @@ async def run_worker(
     pool = await open_pool(settings.resolved_database_url())
     try:
         await migrate(pool)
-        stripe_activities = StripeActivities(make_stripe_client(settings))
-        ledger_activities = LedgerActivities(pool)
+        activities = all_activities(
+            StripeActivities(make_stripe_client(settings)),
+            LedgerActivities(pool),
+            BillingRunActivities(Ledger(pool), client),
+        )
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[PaymentWorkflow],
-            activities=all_activities(stripe_activities, ledger_activities),
+            workflows=[PaymentWorkflow, BillingRunWorkflow, MonthlyBillingWorkflow],
+            activities=activities,
             graceful_shutdown_timeout=timedelta(seconds=10),
         )
         async with worker:

@@ -47,9 +47,9 @@ from bench.measure import (
 from bench.seed import seed_customers
 from bench.stack import BenchStack, SandboxProcess, sandbox_process
 from billing.constants import workflow_id
-from billing.launcher import launch_period
 from billing.ledger import Ledger, migrate, open_pool
 from billing.models import BillingPolicy
+from temporal_ops import launch_period
 
 PERIOD = "2026-11"
 LATENCY_MS = 150

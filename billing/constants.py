@@ -114,6 +114,16 @@ def workflow_id(payment_id: str) -> str:
     return f"payment-{payment_id}"
 
 
+def billing_run_id(period: str) -> str:
+    """One run per period, whether `bill` or the Schedule started it."""
+    return f"billing-run-{period}"
+
+
+def period_search_attributes(billing_period: str) -> TypedSearchAttributes:
+    """A billing run is listed with its period, as its payments are."""
+    return TypedSearchAttributes([SearchAttributePair(BILLING_PERIOD, billing_period)])
+
+
 def idempotency_key(payment_id: str, step: str, generation: int, resend: int = 0) -> str:
     """Stripe idempotency key: derived from the payment, never random.
 

@@ -14,12 +14,12 @@ import asyncpg
 
 from billing.constants import PaymentStatus
 from billing.models import (
-    BillingPolicy,
+    BillableRow,
     NewCustomer,
     PaymentEvent,
-    PaymentInput,
     PaymentRecord,
     PaymentState,
+    PeriodCounts,
 )
 
 S = PaymentStatus
@@ -84,25 +84,44 @@ WHERE id = $7"""
 CUSTOMER_BY_EMAIL = """
 SELECT stripe_customer_id, payment_method_id FROM customers WHERE lower(email) = lower($1)"""
 
-CREATE_PERIOD_PAYMENTS = """
+# One page of active customers in id order (keyset), and their missing rows of the period.
+ACTIVE_CUSTOMERS_PAGE = """
+SELECT id FROM customers WHERE active AND ($1::uuid IS NULL OR id > $1::uuid)
+ORDER BY id LIMIT $2"""
+
+CREATE_PAGE_PAYMENTS = """
 WITH created AS (
     INSERT INTO payments (customer_id, billing_period, amount, currency, stripe_customer_id)
-    SELECT id, $1, monthly_amount, currency, stripe_customer_id FROM customers WHERE active
+    SELECT id, $1, monthly_amount, currency, stripe_customer_id
+    FROM customers WHERE id = ANY($2::uuid[])
     ON CONFLICT DO NOTHING
     RETURNING id
 )
 INSERT INTO payment_events (payment_id, from_status, to_status, detail)
 SELECT id, NULL, 'pending', '{"by": "bill"}'::jsonb FROM created"""
 
-PAYMENT_INPUTS = """
+BILLABLE_ROWS = """
 SELECT p.id::text AS payment_id, p.customer_id::text AS customer_id,
        p.billing_period, p.amount, p.currency, p.status,
        p.stripe_customer_id, c.payment_method_id
 FROM payments p JOIN customers c ON c.id = p.customer_id"""
 
-PERIOD_PAYMENT_INPUTS = f"{PAYMENT_INPUTS} WHERE p.billing_period = $1 ORDER BY p.created_at, p.id"
+PERIOD_BILLABLE_ROWS = f"{BILLABLE_ROWS} WHERE p.billing_period = $1 ORDER BY p.created_at, p.id"
 
-ONE_PAYMENT_INPUT = f"{PAYMENT_INPUTS} WHERE p.id = $1::uuid"
+PAGE_BILLABLE_ROWS = (
+    f"{BILLABLE_ROWS} WHERE p.billing_period = $1 AND p.customer_id = ANY($2::uuid[]) "
+    "ORDER BY p.customer_id"
+)
+
+OPEN_BILLABLE_ROWS_PAGE = f"""{BILLABLE_ROWS}
+WHERE p.billing_period = $1 AND p.status = ANY($2::text[]) AND ($3::uuid IS NULL OR p.id > $3::uuid)
+ORDER BY p.id LIMIT $4"""
+
+ONE_BILLABLE_ROW = f"{BILLABLE_ROWS} WHERE p.id = $1::uuid"
+
+PERIOD_COUNTS = """
+SELECT status, currency, count(*) AS payments, coalesce(sum(amount_received), 0) AS received
+FROM payments WHERE billing_period = $1 GROUP BY status, currency"""
 
 PAYMENT_COLUMNS = """
 id::text, customer_id::text, billing_period, amount, currency, status,
@@ -235,26 +254,59 @@ class Ledger:
         row = await self._pool.fetchrow(CUSTOMER_BY_EMAIL, email)
         return None if row is None else (row["stripe_customer_id"], row["payment_method_id"])
 
-    async def create_period_payments(self, period: str) -> int:
+    async def create_period_payments(self, period: str, page_size: int = 1000) -> int:
         """Create the missing payment rows of a period; returns how many were new."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            status = await conn.execute(CREATE_PERIOD_PAYMENTS, period)
-        return int(status.split()[-1])
+        created, after = 0, None
+        while True:
+            new, after, _ = await self.create_page_payments(period, after, page_size)
+            created += new
+            if after is None:
+                return created
 
-    async def period_payment_inputs(
-        self, period: str, policy: BillingPolicy
-    ) -> list[tuple[PaymentInput, PaymentStatus]]:
-        rows = await self._pool.fetch(PERIOD_PAYMENT_INPUTS, period)
-        return [(_payment_input(r, policy), PaymentStatus(r["status"])) for r in rows]
+    async def billable_rows(self, period: str) -> list[BillableRow]:
+        rows = await self._pool.fetch(PERIOD_BILLABLE_ROWS, period)
+        return [BillableRow(**dict(r)) for r in rows]
 
-    async def payment_input(
-        self, payment_id: str, policy: BillingPolicy
-    ) -> tuple[PaymentInput, PaymentStatus] | None:
+    async def billable_row(self, payment_id: str) -> BillableRow | None:
         try:
-            row = await self._pool.fetchrow(ONE_PAYMENT_INPUT, payment_id)
+            row = await self._pool.fetchrow(ONE_BILLABLE_ROW, payment_id)
         except asyncpg.DataError:  # not a UUID at all
             return None
-        return None if row is None else (_payment_input(row, policy), PaymentStatus(row["status"]))
+        return None if row is None else BillableRow(**dict(row))
+
+    async def create_page_payments(
+        self, period: str, after_customer: str | None, limit: int
+    ) -> tuple[int, str | None, list[BillableRow]]:
+        """Create the period's missing rows for the next `limit` active customers after
+        `after_customer` (in id order). Returns how many rows were new, the cursor of the
+        next page (None when this one was the last), and the page's rows, new or not."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            ids = [r["id"] for r in await conn.fetch(ACTIVE_CUSTOMERS_PAGE, after_customer, limit)]
+            if not ids:
+                return 0, None, []
+            status = await conn.execute(CREATE_PAGE_PAYMENTS, period, ids)
+            rows = await conn.fetch(PAGE_BILLABLE_ROWS, period, ids)
+        last = str(ids[-1]) if len(ids) == limit else None
+        return int(status.split()[-1]), last, [BillableRow(**dict(r)) for r in rows]
+
+    async def open_rows_page(
+        self, period: str, after_payment: str | None, limit: int
+    ) -> list[BillableRow]:
+        """The period's next `limit` open payments after `after_payment`, in id order."""
+        rows = await self._pool.fetch(
+            OPEN_BILLABLE_ROWS_PAGE, period, sorted(_OPEN), after_payment, limit
+        )
+        return [BillableRow(**dict(r)) for r in rows]
+
+    async def period_counts(self, period: str) -> PeriodCounts:
+        by_status: dict[PaymentStatus, int] = {}
+        received: dict[str, int] = {}
+        for row in await self._pool.fetch(PERIOD_COUNTS, period):
+            status = PaymentStatus(row["status"])
+            by_status[status] = by_status.get(status, 0) + row["payments"]
+            if row["received"]:
+                received[row["currency"]] = received.get(row["currency"], 0) + row["received"]
+        return PeriodCounts(by_status=by_status, received=received)
 
     async def payment(self, payment_id: str) -> PaymentRecord | None:
         try:
@@ -404,19 +456,6 @@ def _match_existing(
 
 def _who(c: NewCustomer) -> str:
     return f"{c.email} ({c.stripe_customer_id})"
-
-
-def _payment_input(row: asyncpg.Record, policy: BillingPolicy) -> PaymentInput:
-    return PaymentInput(
-        payment_id=row["payment_id"],
-        customer_id=row["customer_id"],
-        billing_period=row["billing_period"],
-        amount=row["amount"],
-        currency=row["currency"],
-        stripe_customer_id=row["stripe_customer_id"],
-        payment_method_id=row["payment_method_id"],
-        policy=policy,
-    )
 
 
 # ----- reconcile: the ledger side of `starter.py reconcile` --------------------------------

@@ -238,3 +238,121 @@ class PaymentEvent(Frozen):
     to_status: PaymentStatus
     detail: dict[str, object]
     occurred_at: datetime
+
+
+# ----- the billing run: one workflow per period that launches its payments -------------------
+
+
+class BillableRow(Frozen):
+    """A payment row with what starting its workflow needs; the ledger's side of a launch."""
+
+    payment_id: str
+    customer_id: str
+    billing_period: str
+    amount: int
+    currency: str
+    status: PaymentStatus
+    stripe_customer_id: str
+    payment_method_id: str
+
+
+class LaunchCounts(Frozen):
+    """What launching did, added up over pages and continue-as-new."""
+
+    rows_created: int = 0
+    started: int = 0
+    resumed: int = 0  # stranded: open in the ledger, their workflow closed
+    already_launched: int = 0
+    already_final: int = 0
+
+    @property
+    def payments(self) -> int:
+        return self.started + self.resumed + self.already_launched + self.already_final
+
+    def __add__(self, other: "LaunchCounts") -> "LaunchCounts":
+        return LaunchCounts(
+            **{name: getattr(self, name) + getattr(other, name) for name in type(self).model_fields}
+        )
+
+
+class PeriodCounts(Frozen):
+    """The period's payments by status, and the amounts captured by currency."""
+
+    by_status: dict[PaymentStatus, int] = {}
+    received: dict[str, int] = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+    def count(self, *statuses: PaymentStatus) -> int:
+        return sum(self.by_status.get(s, 0) for s in statuses)
+
+
+class BillingRunInput(Frozen):
+    """A period's billing run. The fields from `after_customer` on carry the run's state
+    across continue-as-new."""
+
+    period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
+    policy: BillingPolicy
+    # Payments started per second, so that the launch never bursts past Stripe's limit.
+    launch_rate: float = Field(default=25.0, gt=0)
+    page_size: int = Field(default=1000, gt=0, le=1000)
+    pages_per_run: int = Field(default=10, gt=0)
+    # While payments are on their way, the run reads the ledger this often; while every open
+    # payment waits for a dunning retry, this much less often.
+    poll_interval: timedelta = timedelta(seconds=5)
+    idle_interval: timedelta = timedelta(minutes=10)
+    # Open payments whose counts have not moved for this long are checked for a closed
+    # workflow (terminated, or a row restored from a backup) and resumed.
+    sweep_after: timedelta = timedelta(minutes=30)
+    after_customer: str | None = None
+    launched: LaunchCounts = LaunchCounts()
+    launch_done: bool = False
+    runs: int = 1
+
+
+class LaunchPageInput(Frozen):
+    period: str
+    policy: BillingPolicy
+    launch_rate: float
+    page_size: int
+    task_queue: str  # the payments' own
+    # One of: the next page of active customers (their rows are made first), or the next page
+    # of the period's open payments (a sweep for stranded ones).
+    after_customer: str | None = None
+    open_only: bool = False
+    after_payment: str | None = None
+
+
+class LaunchPageResult(Frozen):
+    counts: LaunchCounts
+    last: str | None  # the cursor for the next page; None when this page was the last
+
+
+class RunProgress(Frozen):
+    """What the run's `progress` query answers."""
+
+    period: str
+    phase: str  # launching, waiting, done
+    launched: LaunchCounts
+    counts: PeriodCounts
+    runs: int  # this run and the ones it continued as new from
+
+
+class BillingSummary(Frozen):
+    """A billing run's result: what it launched, and how every payment of the period ended."""
+
+    period: str
+    launched: LaunchCounts
+    counts: PeriodCounts
+
+
+class ScheduledBillingInput(Frozen):
+    """What the monthly Schedule passes to each run it fires."""
+
+    policy: BillingPolicy
+    launch_rate: float = Field(default=25.0, gt=0)
+    time_zone: str = "UTC"
+    # Bill the month before the fire time (in arrears), or the month of it.
+    in_arrears: bool = True

@@ -3,6 +3,7 @@
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -44,6 +45,27 @@ class Settings(BaseSettings):
         default=True,
         description="Re-authorize once when an authorization expired before capture.",
     )
+    launch_rate: float = Field(
+        default=25.0,
+        gt=0,
+        description="Payments a billing run starts per second (Stripe's live create limit).",
+    )
+    run_poll_interval: timedelta = Field(
+        default=timedelta(seconds=5),
+        description="How often a billing run reads its counts while payments are under way.",
+    )
+    schedule_day: int = Field(
+        default=1, ge=1, le=28, description="Day of month the Schedule bills."
+    )
+    schedule_hour: int = Field(default=6, ge=0, le=23, description="Hour the Schedule bills.")
+    schedule_time_zone: str = Field(default="UTC", description="The Schedule's time zone (IANA).")
+    schedule_catchup: timedelta = Field(
+        default=timedelta(days=3),
+        description="How late a fire missed while Temporal was down still runs.",
+    )
+    bill_in_arrears: bool = Field(
+        default=True, description="The Schedule bills the month before; false: the month of."
+    )
     task_queue: str = Field(
         default=TASK_QUEUE, description="Temporal task queue shared by worker and starter."
     )
@@ -56,9 +78,18 @@ class Settings(BaseSettings):
     embedded_temporal_ui_port: int = 8233
     sandbox_port: int = 12111
 
-    @field_validator("capture_delay", mode="before")
+    @field_validator("schedule_time_zone")
     @classmethod
-    def _parse_capture_delay(cls, value: object) -> object:
+    def _check_time_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as err:
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name like UTC") from err
+        return value
+
+    @field_validator("capture_delay", "run_poll_interval", "schedule_catchup", mode="before")
+    @classmethod
+    def _parse_durations(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value
 
     @field_validator("capture_delay")

@@ -1,5 +1,6 @@
 """Real services for the tests: PostgreSQL, the Temporal dev server and the Stripe sandbox."""
 
+import contextlib
 import shutil
 import tempfile
 import uuid
@@ -13,6 +14,7 @@ from pydantic import SecretStr
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from billing.constants import SEARCH_ATTRIBUTES
@@ -24,6 +26,8 @@ from stripe_sandbox import Sandbox
 
 # One quick dunning retry, so that integration tests see a soft decline retried and fail.
 DUNNING_RETRY_AFTER = timedelta(seconds=1)
+# A billing run reads its counts this often in tests, so that `bill --wait` returns soon.
+RUN_POLL_INTERVAL = timedelta(milliseconds=500)
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +67,26 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
     finally:
         await env.shutdown()
+
+
+@pytest.fixture(autouse=True)
+async def no_billing_run_left_running(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """A period has one billing run in the namespace the tests share; one a test left waiting
+    (payments in a capture window) would be attached to by the next test's `bill`."""
+    if "temporal_env" not in request.fixturenames:
+        yield
+        return
+    env: WorkflowEnvironment = request.getfixturevalue("temporal_env")
+    await terminate_billing_runs(env)
+    yield
+    await terminate_billing_runs(env)
+
+
+async def terminate_billing_runs(env: WorkflowEnvironment) -> None:
+    query = 'WorkflowType = "BillingRunWorkflow" AND ExecutionStatus = "Running"'
+    async for run in env.client.list_workflows(query):
+        with contextlib.suppress(RPCError):  # it ended meanwhile
+            await env.client.get_workflow_handle(run.id).terminate("test ended")
 
 
 @pytest.fixture(scope="session")
@@ -112,4 +136,5 @@ def settings(database_url: str, sandbox: Sandbox, task_queue: str) -> Settings:
         stripe_api_key=SecretStr(f"sk_test_secret_{uuid.uuid4().hex}"),
         stripe_api_base=sandbox.url,
         task_queue=task_queue,
+        run_poll_interval=RUN_POLL_INTERVAL,
     )

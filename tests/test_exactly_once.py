@@ -20,6 +20,7 @@ from billing.settings import Settings
 from billing.stripe_client import make_stripe_client
 from starter import execute
 from stripe_sandbox import FaultRule, Sandbox
+from temporal_ops import billing_run
 from tests.support import add_customer, running_worker
 from tests.test_lifecycle_integration import assert_captured_once, wait_for_status
 
@@ -179,16 +180,20 @@ async def test_bill_resumes_a_terminated_payment(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A terminate stranded the row open with a live hold, and `bill` said "already
-    launched"."""
+    launched". Now `bill` attaches to the period's running run, which resumes the payment
+    (under the run's policy: a new capture window, then the capture)."""
     ledger = Ledger(pool)
     await add_customer(ledger, make_stripe_client(settings), "pm_card_visa")
     async with running_worker(settings, temporal_env.client):
-        assert await execute(["bill", PERIOD, *LONG_WINDOW], settings, temporal_env.client) == 0
+        window = ["--capture-after", "8s"]
+        assert await execute(["bill", PERIOD, *window], settings, temporal_env.client) == 0
         payment = await wait_for_status(ledger, PaymentStatus.AUTHORIZED)
         await handle_of(temporal_env, payment).terminate("an operator in the Web UI")
         assert await execute(["bill", PERIOD, "--wait"], settings, temporal_env.client) == 0
+        summary = await billing_run(temporal_env.client, PERIOD).result()
 
-    assert "workflows started now" in capsys.readouterr().out
+    assert "is already running" in capsys.readouterr().out
+    assert summary.launched.resumed == 1
     assert_captured_once(sandbox, await only_payment(pool))
     assert len(sandbox.payment_intents()) == 1  # the resumed run adopted the authorization
 
@@ -216,9 +221,10 @@ async def test_cancel_has_a_deadline_and_still_takes_effect(
     settings: Settings,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """With no worker answering, `cancel` waited forever."""
+    """With no worker answering, `cancel` waited forever. (The row exists, its workflow has
+    not started: `bill` would wait for a worker to launch it.)"""
     await add_customer(Ledger(pool), make_stripe_client(settings), "pm_card_visa")
-    assert await execute(["bill", PERIOD], settings, temporal_env.client) == 0
+    await Ledger(pool).create_period_payments(PERIOD)
     payment = await only_payment(pool)
     capsys.readouterr()
     code = await execute(["cancel", payment.id, "--timeout", "1"], settings, temporal_env.client)

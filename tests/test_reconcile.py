@@ -29,6 +29,7 @@ from billing.stripe_client import (
 )
 from starter import execute
 from stripe_sandbox import FaultRule, Sandbox
+from temporal_ops import payment_input
 from tests.support import add_customer, running_worker
 from workflows.payment import PaymentWorkflow
 
@@ -382,11 +383,11 @@ async def test_open_payments_whose_workflow_is_gone_are_stranded(
     client = temporal_env.client
     nobody_polls = f"nobody-polls-{uuid.uuid4().hex[:8]}"
     for payment in (terminated, running):
-        found = await Ledger(pool).payment_input(payment.id, BillingPolicy())
-        assert found is not None
+        row = await Ledger(pool).billable_row(payment.id)
+        assert row is not None
         await client.start_workflow(
             PaymentWorkflow.run,
-            found[0],
+            payment_input(row, BillingPolicy()),
             id=workflow_id(payment.id),
             task_queue=nobody_polls,
             search_attributes=starting_search_attributes(PERIOD, payment.customer_id),

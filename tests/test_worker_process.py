@@ -35,7 +35,8 @@ async def test_sigterm_lets_the_in_flight_capture_finish(
             first.send_signal(signal.SIGTERM)
 
         sandbox.add_hook(endpoint="payment_intents.capture", when="before", callback=stop_worker)
-        assert await execute(["bill", PERIOD], settings, temporal_env.client) == 0
+        # `bill` follows the run's launch through its worker: it returns once one answers.
+        bill = asyncio.create_task(execute(["bill", PERIOD], settings, temporal_env.client))
         exit_code = await asyncio.to_thread(first.wait, 60)
         log = workers.logs()
         assert exit_code == 0, log
@@ -47,6 +48,7 @@ async def test_sigterm_lets_the_in_flight_capture_finish(
         assert payment.status == PaymentStatus.CAPTURING
 
         workers.start()
+        assert await bill == 0
         assert await execute(["bill", PERIOD, "--wait"], settings, temporal_env.client) == 0
     [payment] = await Ledger(pool).period_payments(PERIOD)
     assert payment.status == PaymentStatus.SUCCEEDED

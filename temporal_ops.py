@@ -1,0 +1,442 @@
+"""Every client-side Temporal operation, in one place: connecting; starting a payment's
+workflow (and resuming a stranded one); the period's billing run; waiting; cancel's
+update-with-start; and the monthly Schedule."""
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleCalendarSpec,
+    ScheduleHandle,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleRange,
+    ScheduleSpec,
+    ScheduleState,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+    WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.envconfig import ClientConfigProfile
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from billing.constants import (
+    TERMINAL_STATUSES,
+    CancelOutcome,
+    billing_run_id,
+    period_search_attributes,
+    starting_search_attributes,
+    workflow_id,
+)
+from billing.ledger import Ledger
+from billing.models import (
+    BillableRow,
+    BillingPolicy,
+    BillingRunInput,
+    BillingSummary,
+    LaunchCounts,
+    LaunchPageInput,
+    LaunchPageResult,
+    PaymentInput,
+    RunProgress,
+    ScheduledBillingInput,
+)
+from billing.settings import Settings
+from workflows.payment import PaymentWorkflow
+
+CANCEL_SIGNAL = "cancel"
+CANCEL_UPDATE = "cancel_payment"
+# The billing run's workflows, named rather than imported: their activities launch payments
+# through this module.
+BILLING_RUN = "BillingRunWorkflow"
+MONTHLY_BILLING = "MonthlyBillingWorkflow"
+PROGRESS_QUERY = "progress"
+SWEEP_SIGNAL = "sweep"
+SCHEDULE_ID = "billing-monthly"
+# How many payment starts are in flight at once; the launch rate paces them further.
+CONCURRENT_STARTS = 32
+QUERY_TIMEOUT = timedelta(seconds=3)
+
+
+async def connect_temporal(settings: Settings) -> Client:
+    """TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY and TLS come from envconfig;
+    without an address, the embedded dev server serves."""
+    config = ClientConfigProfile.load().to_client_connect_config()
+    config.setdefault("target_host", settings.embedded_temporal_address())
+    return await Client.connect(**config, data_converter=pydantic_data_converter)
+
+
+# ----- one payment's workflow ---------------------------------------------------------------
+
+
+def payment_input(row: BillableRow, policy: BillingPolicy) -> PaymentInput:
+    """What a payment's workflow starts with: the row as billed, and the policy of the run."""
+    return PaymentInput(
+        payment_id=row.payment_id,
+        customer_id=row.customer_id,
+        billing_period=row.billing_period,
+        amount=row.amount,
+        currency=row.currency,
+        stripe_customer_id=row.stripe_customer_id,
+        payment_method_id=row.payment_method_id,
+        policy=policy,
+    )
+
+
+async def start_payment(
+    client: Client,
+    payment: PaymentInput,
+    task_queue: str,
+    reuse: WorkflowIDReusePolicy,
+    *,
+    cancelled: bool = False,
+) -> None:
+    await client.start_workflow(
+        PaymentWorkflow.run,
+        payment,
+        id=workflow_id(payment.payment_id),
+        task_queue=task_queue,
+        id_reuse_policy=reuse,
+        # Signal-with-start cannot FAIL on a running run: one that another launch just
+        # started is sent the cancel it must honour anyway.
+        id_conflict_policy=(
+            WorkflowIDConflictPolicy.USE_EXISTING if cancelled else WorkflowIDConflictPolicy.FAIL
+        ),
+        search_attributes=starting_search_attributes(payment.billing_period, payment.customer_id),
+        start_signal=CANCEL_SIGNAL if cancelled else None,
+    )
+
+
+async def cancel_was_requested(handle: WorkflowHandle[object, object]) -> bool:
+    """Whether the run `handle` names was asked to cancel, by any route: the `cancel` signal,
+    the `cancel_payment` update, or a Temporal cancellation request (the Web UI). A run that
+    resumes a stranded payment must honour what the closed run was asked."""
+    async for event in handle.fetch_history_events():
+        signaled = event.workflow_execution_signaled_event_attributes.signal_name
+        accepted = event.workflow_execution_update_accepted_event_attributes
+        match event.event_type:
+            case EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED:
+                return True
+            case EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED if signaled == CANCEL_SIGNAL:
+                return True
+            case EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED if (
+                accepted.accepted_request.input.name == CANCEL_UPDATE
+            ):
+                return True
+    return False
+
+
+async def launch_or_resume(client: Client, payment: PaymentInput, task_queue: str) -> str:
+    """Start the payment's workflow unless one runs; returns which of `LaunchCounts`' fields
+    it adds to.
+
+    The workflow id derives from the payment and FAIL on conflict keeps a running one
+    single. A payment the ledger holds open whose workflow is closed (terminated, or a row
+    restored from a backup) is stranded: it gets a new run (ALLOW_DUPLICATE), which reads the
+    row and converges with Stripe before sending anything, so it never charges twice, and
+    which starts cancelled if the closed run had been asked to cancel.
+    """
+    try:
+        await start_payment(client, payment, task_queue, WorkflowIDReusePolicy.REJECT_DUPLICATE)
+        return "started"
+    except WorkflowAlreadyStartedError:
+        pass
+    closed = client.get_workflow_handle(workflow_id(payment.payment_id))
+    if (await closed.describe()).status == WorkflowExecutionStatus.RUNNING:
+        return "already_launched"
+    cancelled = await cancel_was_requested(closed)
+    try:
+        await start_payment(
+            client, payment, task_queue, WorkflowIDReusePolicy.ALLOW_DUPLICATE, cancelled=cancelled
+        )
+        return "resumed"
+    except WorkflowAlreadyStartedError:  # another launch resumed it first
+        return "already_launched"
+
+
+class Pacer:
+    """Lets through at most `rate` callers a second, evenly spaced."""
+
+    def __init__(self, rate: float) -> None:
+        self._gap = 1.0 / rate
+        self._next = time.monotonic()
+
+    async def wait(self) -> None:
+        now = time.monotonic()
+        at, self._next = max(now, self._next), max(now, self._next) + self._gap
+        if at > now:
+            await asyncio.sleep(at - now)
+
+
+async def launch_rows(
+    client: Client,
+    rows: Sequence[BillableRow],
+    *,
+    policy: BillingPolicy,
+    task_queue: str,
+    rate: float | None,
+    on_progress: Callable[[LaunchCounts, int], None] = lambda _c, _n: None,
+) -> LaunchCounts:
+    """Start (or resume) the workflow of every row not final in the ledger, at most `rate` a
+    second. `on_progress` hears the counts so far and how many rows are done, in row order
+    as far as they are contiguous, so that a retry may skip them."""
+    counts = {name: 0 for name in LaunchCounts.model_fields}
+    slots = asyncio.Semaphore(CONCURRENT_STARTS)
+    pacer = Pacer(rate) if rate else None
+    done = [False] * len(rows)
+    contiguous = 0
+
+    async def launch(index: int, row: BillableRow) -> None:
+        nonlocal contiguous
+        if row.status in TERMINAL_STATUSES:
+            counts["already_final"] += 1
+        else:
+            async with slots:
+                if pacer is not None:
+                    await pacer.wait()
+                counts[await launch_or_resume(client, payment_input(row, policy), task_queue)] += 1
+        done[index] = True
+        while contiguous < len(rows) and done[contiguous]:
+            contiguous += 1
+        on_progress(LaunchCounts(**counts), contiguous)
+
+    await asyncio.gather(*(launch(i, row) for i, row in enumerate(rows)))
+    return LaunchCounts(**counts)
+
+
+async def launch_page(
+    ledger: Ledger,
+    client: Client,
+    page: LaunchPageInput,
+    *,
+    skip: int = 0,
+    on_progress: Callable[[LaunchCounts, int], None] = lambda _c, _n: None,
+) -> LaunchPageResult:
+    """One page of a launch: the next active customers' rows (made first when missing), or
+    the next open payments (a sweep for stranded ones). The first `skip` rows were launched
+    by an earlier attempt."""
+    if page.open_only:
+        rows = await ledger.open_rows_page(page.period, page.after_payment, page.page_size)
+        created = 0
+        last = rows[-1].payment_id if len(rows) == page.page_size else None
+    else:
+        created, last, rows = await ledger.create_page_payments(
+            page.period, page.after_customer, page.page_size
+        )
+    counts = await launch_rows(
+        client,
+        rows[skip:],
+        policy=page.policy,
+        task_queue=page.task_queue,
+        rate=page.launch_rate,
+        on_progress=lambda c, n: on_progress(c + LaunchCounts(rows_created=created), skip + n),
+    )
+    return LaunchPageResult(counts=counts + LaunchCounts(rows_created=created), last=last)
+
+
+async def launch_period(
+    ledger: Ledger,
+    client: Client,
+    period: str,
+    task_queue: str,
+    policy: BillingPolicy,
+    *,
+    rate: float | None = None,
+) -> LaunchCounts:
+    """Launch every page of a period from this process; the billing run does the same from
+    the worker. The benchmark uses this to time launching apart from the run."""
+    total, after = LaunchCounts(), None
+    while True:
+        page = LaunchPageInput(
+            period=period,
+            policy=policy,
+            launch_rate=rate or 0.0,
+            page_size=1000,
+            task_queue=task_queue,
+            after_customer=after,
+        )
+        result = await launch_page(ledger, client, page)
+        total, after = total + result.counts, result.last
+        if after is None:
+            return total
+
+
+async def payment_step(client: Client, payment_id: str) -> str | None:
+    """The step a payment's running workflow is at; None when no worker answers."""
+    handle = client.get_workflow_handle_for(PaymentWorkflow.run, workflow_id(payment_id))
+    try:
+        return await handle.query(PaymentWorkflow.current_step, rpc_timeout=QUERY_TIMEOUT)
+    except (RPCError, WorkflowQueryFailedError):
+        return None
+
+
+async def payment_workflow_state(client: Client, payment_id: str) -> tuple[str, str | None]:
+    """The workflow's id, its status's name (or "not started"), and its step if running."""
+    handle = client.get_workflow_handle_for(PaymentWorkflow.run, workflow_id(payment_id))
+    try:
+        description = await handle.describe()
+    except RPCError:
+        return "not started", None
+    status = description.status.name if description.status else "?"
+    running = description.status == WorkflowExecutionStatus.RUNNING
+    return status, await payment_step(client, payment_id) if running else None
+
+
+# ----- cancel -------------------------------------------------------------------------------
+
+
+async def cancel_with_start(
+    client: Client, payment: PaymentInput, task_queue: str, deadline_s: float
+) -> CancelOutcome | None:
+    """Update-with-start `cancel_payment`; None when the deadline passed first.
+
+    A payment whose workflow has not started yet is started already cancelled, so it can
+    never authorize; a stranded one (open row, closed workflow) gets a new run that
+    converges, then cancels.
+    """
+    start = WithStartWorkflowOperation(
+        PaymentWorkflow.run,
+        payment,
+        id=workflow_id(payment.payment_id),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        search_attributes=starting_search_attributes(payment.billing_period, payment.customer_id),
+    )
+    try:
+        # By name: the SDK's typing of an async update handler does not fit this call.
+        outcome = await asyncio.wait_for(
+            client.execute_update_with_start_workflow(
+                CANCEL_UPDATE, start_workflow_operation=start, result_type=CancelOutcome
+            ),
+            deadline_s,
+        )
+        return CancelOutcome(outcome)
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        return None
+
+
+async def signal_cancel(client: Client, payment_id: str) -> None:
+    """The durable `cancel` signal: recorded now, acted on when a worker runs."""
+    handle = client.get_workflow_handle_for(PaymentWorkflow.run, workflow_id(payment_id))
+    await handle.signal(PaymentWorkflow.cancel)
+
+
+# ----- the billing run ----------------------------------------------------------------------
+
+
+RunHandle = WorkflowHandle[Any, BillingSummary]
+
+
+async def start_billing_run(
+    client: Client, run: BillingRunInput, task_queue: str
+) -> tuple[RunHandle, bool]:
+    """Start the period's run, or attach to the one running; returns it and whether it is new.
+
+    A run already running (its policy, not `run`'s, applies) is signalled to sweep its open
+    payments now, so that `bill` resumes a stranded payment at once. A run that has completed
+    is followed by a new one: it starts nothing twice, and resumes what is stranded.
+    """
+    try:
+        handle: RunHandle = await client.start_workflow(
+            BILLING_RUN,
+            run,
+            id=billing_run_id(run.period),
+            result_type=BillingSummary,
+            task_queue=task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            search_attributes=period_search_attributes(run.period),
+        )
+        return handle, True
+    except WorkflowAlreadyStartedError:
+        running = billing_run(client, run.period)
+        await running.signal(SWEEP_SIGNAL)
+        return running, False
+
+
+def billing_run(client: Client, period: str) -> RunHandle:
+    """The period's run, its latest."""
+    return client.get_workflow_handle(billing_run_id(period), result_type=BillingSummary)
+
+
+async def run_progress(handle: RunHandle) -> RunProgress:
+    progress: RunProgress = await handle.query(
+        PROGRESS_QUERY, result_type=RunProgress, rpc_timeout=QUERY_TIMEOUT
+    )
+    return progress
+
+
+# ----- the monthly Schedule -----------------------------------------------------------------
+
+
+def monthly_schedule(settings: Settings, policy: BillingPolicy) -> Schedule:
+    """Day `schedule_day` of each month at `schedule_hour`:00 in `schedule_time_zone`, a run
+    for the month before (or, with BILL_IN_ARREARS=false, that month). A fire that finds the
+    period's run, running or done, starts nothing; one missed while the server was down runs
+    when it is back, within the catch-up window."""
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            MONTHLY_BILLING,
+            ScheduledBillingInput(
+                policy=policy,
+                launch_rate=settings.launch_rate,
+                time_zone=settings.schedule_time_zone,
+                in_arrears=settings.bill_in_arrears,
+            ),
+            id=f"{SCHEDULE_ID}-fire",
+            task_queue=settings.task_queue,
+        ),
+        spec=ScheduleSpec(
+            calendars=[
+                ScheduleCalendarSpec(
+                    day_of_month=[ScheduleRange(settings.schedule_day)],
+                    hour=[ScheduleRange(settings.schedule_hour)],
+                    minute=[ScheduleRange(0)],
+                    second=[ScheduleRange(0)],
+                    comment="monthly billing",
+                )
+            ],
+            time_zone_name=settings.schedule_time_zone,
+        ),
+        policy=SchedulePolicy(
+            overlap=ScheduleOverlapPolicy.SKIP, catchup_window=settings.schedule_catchup
+        ),
+        state=ScheduleState(note="bills each month; `starter.py schedule describe`"),
+    )
+
+
+async def create_schedule(client: Client, schedule: Schedule) -> bool:
+    """Create the Schedule, or bring the existing one to `schedule` (keeping whether it is
+    paused); returns whether it was created now."""
+    try:
+        await client.create_schedule(SCHEDULE_ID, schedule)
+        return True
+    except ScheduleAlreadyRunningError:
+        pass
+
+    def keep_state(current: ScheduleUpdateInput) -> ScheduleUpdate:
+        state = current.description.schedule.state
+        schedule.state.paused, schedule.state.note = state.paused, state.note
+        return ScheduleUpdate(schedule=schedule)
+
+    await schedule_handle(client).update(keep_state)
+    return False
+
+
+def schedule_handle(client: Client) -> ScheduleHandle:
+    return client.get_schedule_handle(SCHEDULE_ID)
