@@ -5,6 +5,7 @@ Bad input gets a one-line error on stderr and exit code 2, with nothing written 
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections import Counter
@@ -55,6 +56,7 @@ from billing.reconcile import Comparison, Kind, reconcile
 from billing.settings import Settings
 from billing.stripe_client import make_stripe_client
 from temporal_ops import (
+    ask_to_sweep,
     billing_run,
     cancel_with_start,
     connect_temporal,
@@ -71,9 +73,14 @@ from temporal_ops import (
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
-# `bill` reads the run's progress this often, and says after this long that no worker answers.
+# `bill` reads the run's progress this often; `bill --wait` says after this long that no
+# worker answers.
 FOLLOW_POLL_S = 0.5
 NO_WORKER_HINT_S = 10.0
+NO_WORKER = (
+    "no worker answers: the run launches the payments when one runs (`python worker.py`; "
+    "`make up` starts one); follow it with `bill {period} --wait`"
+)
 OPEN_STATUSES = tuple(s for s in PaymentStatus if s not in TERMINAL_STATUSES)
 
 out = Console(soft_wrap=True)
@@ -151,22 +158,35 @@ async def bill(
         idle_interval=idle_interval or BillingRunInput.model_fields["idle_interval"].default,
     )
     handle, started = await start_billing_run(client, run, settings.task_queue)
+    asked: int | None = None  # how many sweeps the running run had been asked for before ours
     if started:
         out.print(f"started {handle.id}, launching at most {run.launch_rate:g} payments/s")
     else:
+        asked = 0
+        with contextlib.suppress(RPCError, WorkflowQueryFailedError):  # no worker: see below
+            asked = (await run_progress(handle)).sweeps_requested
+        await ask_to_sweep(handle, run.policy)
         out.print(
-            f"{handle.id} is already running (with the policy it started with); "
-            "asked it to resume any stranded payment now"
+            f"{handle.id} is already running; asked it to launch again now "
+            "(missing rows made, stranded payments resumed)"
         )
-    progress = await follow_run(client, period, to_the_end=wait)
+    progress = await follow_run(client, period, to_the_end=wait, sweeps_before=asked)
+    if progress is None:
+        return
     print_launch_summary(period, progress.launched)
     if wait:
         print_counts(period, progress.counts)
 
 
-async def follow_run(client: Client, period: str, *, to_the_end: bool) -> RunProgress:
+async def follow_run(
+    client: Client, period: str, *, to_the_end: bool, sweeps_before: int | None = None
+) -> RunProgress | None:
     """Show the run's progress, read from its `progress` query, until it has launched every
-    payment or, `to_the_end`, until it has completed. Interrupting leaves the run going."""
+    payment (and answered any sweep asked after the first `sweeps_before`) or, `to_the_end`,
+    until it has completed. Interrupting leaves the run going.
+
+    The query needs a worker. Without one, following the launch returns None at once (the
+    run launches when a worker comes), and following to the end waits for one."""
     handle = billing_run(client, period)  # the latest run: it continues as new
     result = asyncio.ensure_future(handle.result())
     loop = asyncio.get_running_loop()
@@ -180,18 +200,20 @@ async def follow_run(client: Client, period: str, *, to_the_end: bool) -> RunPro
                 try:
                     last = await run_progress(handle)
                 except (RPCError, WorkflowQueryFailedError):
+                    if not to_the_end:
+                        err_console.print(NO_WORKER.format(period=period))
+                        return None
                     if loop.time() >= hint_at:
                         hint_at = float("inf")
-                        err_console.print(
-                            "no worker answers yet; start one with `python worker.py` "
-                            "(`make up` runs one); the run waits for it"
-                        )
+                        err_console.print(NO_WORKER.format(period=period))
                 if last is not None:
                     total = last.counts.total or None
                     bar.update(launching, completed=last.launched.payments, total=total)
                     ended = last.counts.total - last.counts.count(*OPEN_STATUSES)
                     bar.update(ending, completed=ended, total=total)
-                    if last.phase != "launching" and not to_the_end:
+                    swept = sweeps_before is None or last.sweeps_done > sweeps_before
+                    launched = last.phase != "launching" and swept
+                    if launched and not to_the_end:
                         return last
                 await asyncio.wait([result], timeout=FOLLOW_POLL_S)
             summary = result.result()

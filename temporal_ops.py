@@ -227,17 +227,11 @@ async def launch_page(
     skip: int = 0,
     on_progress: Callable[[LaunchCounts, int], None] = lambda _c, _n: None,
 ) -> LaunchPageResult:
-    """One page of a launch: the next active customers' rows (made first when missing), or
-    the next open payments (a sweep for stranded ones). The first `skip` rows were launched
-    by an earlier attempt."""
-    if page.open_only:
-        rows = await ledger.open_rows_page(page.period, page.after_payment, page.page_size)
-        created = 0
-        last = rows[-1].payment_id if len(rows) == page.page_size else None
-    else:
-        created, last, rows = await ledger.create_page_payments(
-            page.period, page.after_customer, page.page_size
-        )
+    """One page of a launch: the next active customers' rows, made first when missing. The
+    first `skip` rows were launched by an earlier attempt."""
+    created, last, rows = await ledger.create_page_payments(
+        page.period, page.after_customer, page.page_size
+    )
     counts = await launch_rows(
         client,
         rows[skip:],
@@ -346,11 +340,10 @@ RunHandle = WorkflowHandle[Any, BillingSummary]
 async def start_billing_run(
     client: Client, run: BillingRunInput, task_queue: str
 ) -> tuple[RunHandle, bool]:
-    """Start the period's run, or attach to the one running; returns it and whether it is new.
+    """Start the period's run, or find the one running; returns it and whether it is new.
 
-    A run already running (its policy, not `run`'s, applies) is signalled to sweep its open
-    payments now, so that `bill` resumes a stranded payment at once. A run that has completed
-    is followed by a new one: it starts nothing twice, and resumes what is stranded.
+    A run that has completed is followed by a new one: it starts nothing twice, and resumes
+    what is stranded.
     """
     try:
         handle: RunHandle = await client.start_workflow(
@@ -364,9 +357,13 @@ async def start_billing_run(
         )
         return handle, True
     except WorkflowAlreadyStartedError:
-        running = billing_run(client, run.period)
-        await running.signal(SWEEP_SIGNAL)
-        return running, False
+        return billing_run(client, run.period), False
+
+
+async def ask_to_sweep(handle: RunHandle, policy: BillingPolicy) -> None:
+    """Ask a running run to launch every page again now, under `policy`: missing rows are
+    made and stranded payments resumed; payments already running keep their own policy."""
+    await handle.signal(SWEEP_SIGNAL, policy)
 
 
 def billing_run(client: Client, period: str) -> RunHandle:

@@ -113,10 +113,6 @@ PAGE_BILLABLE_ROWS = (
     "ORDER BY p.customer_id"
 )
 
-OPEN_BILLABLE_ROWS_PAGE = f"""{BILLABLE_ROWS}
-WHERE p.billing_period = $1 AND p.status = ANY($2::text[]) AND ($3::uuid IS NULL OR p.id > $3::uuid)
-ORDER BY p.id LIMIT $4"""
-
 ONE_BILLABLE_ROW = f"{BILLABLE_ROWS} WHERE p.id = $1::uuid"
 
 PERIOD_COUNTS = """
@@ -288,15 +284,6 @@ class Ledger:
             rows = await conn.fetch(PAGE_BILLABLE_ROWS, period, ids)
         last = str(ids[-1]) if len(ids) == limit else None
         return int(status.split()[-1]), last, [BillableRow(**dict(r)) for r in rows]
-
-    async def open_rows_page(
-        self, period: str, after_payment: str | None, limit: int
-    ) -> list[BillableRow]:
-        """The period's next `limit` open payments after `after_payment`, in id order."""
-        rows = await self._pool.fetch(
-            OPEN_BILLABLE_ROWS_PAGE, period, sorted(_OPEN), after_payment, limit
-        )
-        return [BillableRow(**dict(r)) for r in rows]
 
     async def period_counts(self, period: str) -> PeriodCounts:
         by_status: dict[PaymentStatus, int] = {}

@@ -303,13 +303,14 @@ class BillingRunInput(Frozen):
     # payment waits for a dunning retry, this much less often.
     poll_interval: timedelta = timedelta(seconds=5)
     idle_interval: timedelta = timedelta(minutes=10)
-    # Open payments whose counts have not moved for this long are checked for a closed
-    # workflow (terminated, or a row restored from a backup) and resumed.
+    # When the counts have not moved for this long, the run launches every page again:
+    # stranded payments (workflow terminated, row restored from a backup) are resumed.
     sweep_after: timedelta = timedelta(minutes=30)
     after_customer: str | None = None
     launched: LaunchCounts = LaunchCounts()
     launch_done: bool = False
     runs: int = 1
+    sweeps_done: int = 0
 
 
 class LaunchPageInput(Frozen):
@@ -318,11 +319,7 @@ class LaunchPageInput(Frozen):
     launch_rate: float
     page_size: int
     task_queue: str  # the payments' own
-    # One of: the next page of active customers (their rows are made first), or the next page
-    # of the period's open payments (a sweep for stranded ones).
-    after_customer: str | None = None
-    open_only: bool = False
-    after_payment: str | None = None
+    after_customer: str | None = None  # the page's keyset cursor
 
 
 class LaunchPageResult(Frozen):
@@ -338,6 +335,10 @@ class RunProgress(Frozen):
     launched: LaunchCounts
     counts: PeriodCounts
     runs: int  # this run and the ones it continued as new from
+    # `sweep` signals received, and how many a finished sweep has answered: `bill` waits
+    # until the one it sent is answered.
+    sweeps_requested: int = 0
+    sweeps_done: int = 0
 
 
 class BillingSummary(Frozen):

@@ -138,8 +138,9 @@ async def test_progress_and_a_stranded_payment_resumed_by_bill(
 
         stranded = (await ledger.period_payments(PERIOD))[0]
         await client.get_workflow_handle(workflow_id(stranded.id)).terminate("by an operator")
-        assert await execute(["bill", PERIOD], settings, client) == 0
-        progress = await progress_when(client, lambda p: p.launched.resumed == 1)
+        assert await execute(["bill", PERIOD, "--capture-after", "1h"], settings, client) == 0
+        progress = await run_progress(billing_run(client, PERIOD))
+        assert progress.launched.resumed == 1  # `bill` returned once its sweep was done
         resumed = await client.get_workflow_handle(workflow_id(stranded.id)).describe()
         assert resumed.status == WorkflowExecutionStatus.RUNNING
 

@@ -4,8 +4,8 @@ wait until each has ended and return the period's summary.
 launch: page by page (keyset, at most 1,000 customers a page), an activity makes the page's
     rows and starts their PaymentWorkflows, paced at `launch_rate` a second;
 wait:   read the period's counts from the ledger, often while payments are on their way,
-    rarely while only dunning retries remain; sweep for stranded payments when asked (`bill`
-    again) or when nothing has moved for `sweep_after`;
+    rarely while only dunning retries remain; sweep (launch every page again: missing rows
+    made, stranded payments resumed) when `bill` asks or when nothing moved for `sweep_after`;
 end:    the counts by status and the amounts received.
 
 The run continues as new every `pages_per_run` pages, and when its history grows long, so
@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         period_search_attributes,
     )
     from billing.models import (
+        BillingPolicy,
         BillingRunInput,
         BillingSummary,
         LaunchCounts,
@@ -69,7 +70,9 @@ class BillingRunWorkflow:
         self._phase = "waiting" if input.launch_done else "launching"
         self._launched = input.launched
         self._counts = PeriodCounts()
-        self._sweep_requested = False
+        # `sweep` signals received, and how many of them a finished sweep has answered.
+        self._sweeps_requested = self._sweeps_done = input.sweeps_done
+        self._sweep_policy = input.policy
 
     @workflow.query(name="progress")
     def progress(self) -> RunProgress:
@@ -79,12 +82,16 @@ class BillingRunWorkflow:
             launched=self._launched,
             counts=self._counts,
             runs=self._input.runs,
+            sweeps_requested=self._sweeps_requested,
+            sweeps_done=self._sweeps_done,
         )
 
     @workflow.signal(name="sweep")
-    def sweep(self) -> None:
-        """Look for stranded payments now (`bill` sends this when the run is running)."""
-        self._sweep_requested = True
+    def sweep(self, policy: BillingPolicy) -> None:
+        """Launch again now, under `policy`: `bill` sends this when the run is running. Rows
+        missing (a restore) are made, stranded payments resumed, the rest left alone."""
+        self._sweeps_requested += 1
+        self._sweep_policy = policy
 
     @workflow.run
     async def run(self, input: BillingRunInput) -> BillingSummary:
@@ -109,47 +116,49 @@ class BillingRunWorkflow:
     async def _wait_until_all_ended(self) -> None:
         last_seen, moved_at = None, workflow.now()
         while True:
+            if self._sweep_asked() or workflow.now() - moved_at >= self._input.sweep_after:
+                answered = self._sweeps_requested
+                await self._sweep()
+                self._sweeps_done, moved_at = answered, workflow.now()
             self._counts = await self._read_counts()
-            if self._counts.count(*OPEN) == 0:
+            if self._counts.count(*OPEN) == 0 and not self._sweep_asked():
                 return
             if self._counts != last_seen:
                 last_seen, moved_at = self._counts, workflow.now()
-            if self._sweep_requested or workflow.now() - moved_at >= self._input.sweep_after:
-                self._sweep_requested = False
-                await self._sweep()
-                moved_at = workflow.now()
             busy = self._counts.count(*IN_FLIGHT) > 0
             interval = self._input.poll_interval if busy else self._input.idle_interval
-            await wait_until(lambda: self._sweep_requested, at_most=interval)
-            if self._history_is_long():
+            await wait_until(self._sweep_asked, at_most=interval)
+            if self._history_is_long() and not self._sweep_asked():
                 self._continue(after_customer=None, launch_done=True)
 
+    def _sweep_asked(self) -> bool:
+        return self._sweeps_requested > self._sweeps_done
+
     async def _sweep(self) -> None:
-        """Resume every open payment whose workflow is closed; the rest are left alone."""
+        """Every page again: make the rows that are missing, resume the payments whose
+        workflow closed while their row is open; running and final ones are left alone."""
         after: str | None = None
         while True:
-            result = await self._launch_page(self._page(open_only=True, after_payment=after))
-            self._launched += LaunchCounts(resumed=result.counts.resumed)
+            page = self._page(after_customer=after, policy=self._sweep_policy)
+            result = await self._launch_page(page)
+            found = result.counts
+            self._launched += LaunchCounts(
+                rows_created=found.rows_created, started=found.started, resumed=found.resumed
+            )
             if result.last is None:
                 return
             after = result.last
 
     def _page(
-        self,
-        *,
-        after_customer: str | None = None,
-        open_only: bool = False,
-        after_payment: str | None = None,
+        self, *, after_customer: str | None, policy: BillingPolicy | None = None
     ) -> LaunchPageInput:
         return LaunchPageInput(
             period=self._input.period,
-            policy=self._input.policy,
+            policy=policy or self._input.policy,
             launch_rate=self._input.launch_rate,
             page_size=self._input.page_size,
             task_queue=workflow.info().task_queue,
             after_customer=after_customer,
-            open_only=open_only,
-            after_payment=after_payment,
         )
 
     async def _launch_page(self, page: LaunchPageInput) -> LaunchPageResult:
@@ -183,6 +192,7 @@ class BillingRunWorkflow:
                     "launch_done": launch_done,
                     "launched": self._launched,
                     "runs": self._input.runs + 1,
+                    "sweeps_done": self._sweeps_done,
                 }
             )
         )

@@ -35,6 +35,7 @@ from billing.settings import Settings
 from billing.stripe_client import make_stripe_client
 from starter import execute
 from stripe_sandbox import FaultRule, RequestInfo, Sandbox
+from temporal_ops import launch_period
 from tests.crash.harness import (
     LedgerTrap,
     intent_counts,
@@ -88,6 +89,14 @@ class Scene:
     async def bill(self, *args: str, settings: Settings | None = None) -> PaymentRecord:
         """`bill PERIOD ARGS`; returns the period's one payment."""
         assert await execute(["bill", PERIOD, *args], settings or self.settings, self.client) == 0
+        [payment] = await self.ledger.period_payments(PERIOD)
+        return payment
+
+    async def launch_without_worker(self) -> PaymentRecord:
+        """Start the period's payment workflows from this process, as the billing run's
+        activity would, while no worker runs; returns the period's one payment."""
+        policy = self.settings.billing_policy()
+        await launch_period(self.ledger, self.client, PERIOD, self.settings.task_queue, policy)
         [payment] = await self.ledger.period_payments(PERIOD)
         return payment
 
@@ -348,7 +357,7 @@ async def test_a_temporal_cancellation_before_any_worker_runs_authorizes_nothing
 ) -> None:
     """Cancellation requested in the workflow's first task: nothing is sent to Stripe."""
     await scene.customer(VISA)
-    payment = await scene.bill()
+    payment = await scene.launch_without_worker()
     handle = scene.handle(payment.id)
     await handle.cancel()
     scene.workers.start()
