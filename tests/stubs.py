@@ -84,6 +84,7 @@ class StubActivities:
     row: PaymentState | None = None
     payment_methods: list[str] = field(default_factory=list)
     capture_refused_by: PaymentStatus | None = None
+    period_intents_error: Exception | None = None  # raised by every find_period_intents
     capture_gate: asyncio.Event | None = None
     capture_started: asyncio.Event = field(default_factory=asyncio.Event)
     calls: list[tuple[str, object]] = field(default_factory=list)
@@ -133,6 +134,8 @@ class StubActivities:
         @activity.defn(name="find_period_intents")
         async def find_period_intents(input: FindPeriodIntentsInput) -> PeriodIntents:
             self._record("find_period_intents", input)
+            if self.period_intents_error is not None:
+                raise self.period_intents_error
             if self.held_at_stripe:
                 return self.held_at_stripe.pop(0)
             if self.existing_authorization and "authorize" in self.names():

@@ -317,3 +317,28 @@ async def test_an_authorize_key_older_than_a_day_is_not_resent(
         await env.run(activities.authorize, request)
     assert raised.value.type == ErrorType.KEY_MAY_BE_FORGOTTEN
     assert sandbox.stats()["requests"] == 0
+
+
+async def test_a_customer_stripe_no_longer_knows_ends_needs_attention(
+    temporal_env: WorkflowEnvironment, pool: asyncpg.Pool, sandbox: Sandbox, settings: Settings
+) -> None:
+    """Stripe refuses to list a deleted customer's PaymentIntents (400): the workflow failed
+    over an open row, since releasing the holds lists them again."""
+    ledger = Ledger(pool)
+    await add_customer(ledger, make_stripe_client(settings), "pm_card_visa")
+    await pool.execute("UPDATE customers SET stripe_customer_id = 'cus_deleted'")
+    async with running_worker(settings, temporal_env.client):
+        assert await execute(["bill", PERIOD], settings, temporal_env.client) == 0
+        payment = await only_payment(pool)
+        result = await ended(temporal_env, payment)
+
+    assert (result.status, result.failure_code) == (
+        PaymentStatus.NEEDS_ATTENTION,
+        ErrorType.STRIPE_REJECTED,
+    )
+    description = await handle_of(temporal_env, payment).describe()
+    assert description.status == WorkflowExecutionStatus.COMPLETED
+    row = await only_payment(pool)
+    assert row.status == PaymentStatus.NEEDS_ATTENTION
+    assert row.failure_message and "could not list the period's holds" in row.failure_message
+    assert sandbox.payment_intents() == []

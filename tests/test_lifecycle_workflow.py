@@ -21,6 +21,7 @@ from billing.models import (
     PaymentResult,
     PaymentState,
     PeriodIntents,
+    RecordAttentionInput,
     RecordAuthorizationInput,
     RecordCancellationInput,
     VoidInput,
@@ -419,3 +420,22 @@ async def test_a_run_resumed_after_capture_began_captures_despite_a_cancel(
     assert (result.status, result.stripe_payment_intent_id) == (PaymentStatus.SUCCEEDED, "pi_held")
     assert "void" not in stubs.names() and "authorize" not in stubs.names()
     assert result.note == "a cancel came after capture began; the payment was captured"
+
+
+async def test_holds_that_cannot_be_listed_still_end_needs_attention(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """Stripe refused the list (a deleted customer): the workflow failed over an open row
+    instead of ending needs_attention."""
+    stubs = StubActivities(period_intents_error=business_error(ErrorType.STRIPE_REJECTED))
+    payment = payment_input()
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    assert (result.status, result.failure_code) == (
+        PaymentStatus.NEEDS_ATTENTION,
+        ErrorType.STRIPE_REJECTED,
+    )
+    [attention] = stubs.inputs("record_attention")
+    assert isinstance(attention, RecordAttentionInput)
+    assert "could not list the period's holds" in attention.message
+    assert "authorize" not in stubs.names() and "void" not in stubs.names()

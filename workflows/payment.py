@@ -675,7 +675,11 @@ class PaymentWorkflow:
         message = str(cause)
         workflow.logger.warning("payment needs attention: %s: %s", reason, message)
         self._step = "release_holds"
-        held = await self._period_intents()
+        try:
+            held = await self._period_intents()
+        except ActivityError as list_err:  # e.g. Stripe no longer knows the customer
+            held = PeriodIntents()
+            message += f"; could not list the period's holds, none was voided: {list_err.cause}"
         for authorization in held.capturable:
             try:
                 await self._void(authorization.intent_id)
