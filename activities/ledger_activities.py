@@ -7,9 +7,10 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from billing.constants import ErrorType, PaymentStatus
+from billing.constants import TERMINAL_STATUSES, ErrorType, PaymentStatus
 from billing.ledger import ForbiddenTransition, Ledger, UnknownPayment
 from billing.models import (
+    AttentionRecorded,
     BeginAttemptInput,
     BeginCaptureInput,
     CaptureAllowed,
@@ -105,17 +106,27 @@ class LedgerActivities:
             )
 
     @activity.defn(name="record_attention")
-    async def record_attention(self, input: RecordAttentionInput) -> None:
-        """Any status -> needs_attention: the workflow met what it cannot settle alone."""
+    async def record_attention(self, input: RecordAttentionInput) -> AttentionRecorded:
+        """An open status -> needs_attention: the workflow met what it cannot settle alone.
+        A payment that has already ended keeps its status, which is returned."""
         with ledger_rules_are_final():
-            await self._ledger.transition(
-                input.payment_id,
-                PaymentStatus.NEEDS_ATTENTION,
-                intent_id=input.intent_id,
-                failure_code=input.reason,
-                failure_message=input.message,
-                generation=input.generation,
-            )
+            try:
+                await self._ledger.transition(
+                    input.payment_id,
+                    PaymentStatus.NEEDS_ATTENTION,
+                    intent_id=input.intent_id,
+                    failure_code=input.reason,
+                    failure_message=input.message,
+                    generation=input.generation,
+                )
+            except ForbiddenTransition:
+                state = await self._ledger.payment_state(input.payment_id)
+                if state.status not in TERMINAL_STATUSES:
+                    raise
+                return AttentionRecorded(
+                    recorded=False, status=state.status, intent_id=state.intent_id
+                )
+        return AttentionRecorded(recorded=True, status=PaymentStatus.NEEDS_ATTENTION)
 
     @activity.defn(name="record_failure")
     async def record_failure(self, input: RecordFailureInput) -> None:

@@ -39,8 +39,9 @@ TRANSITIONS: Mapping[PaymentStatus, frozenset[PaymentStatus]] = {
     S.FAILED: _OPEN,
     # Never once capture has begun: then the capture decides.
     S.CANCELLED: frozenset({S.PENDING, S.RETRYING, S.AUTHORIZED}),
-    # From anywhere: it says the row and Stripe may disagree, and a person must look.
-    S.NEEDS_ATTENTION: frozenset(S) - {S.NEEDS_ATTENTION},
+    # From any open state: it says the row and Stripe may disagree, and a person must look. Never
+    # over an ended payment: a capture, a cancel or a failure recorded there stands.
+    S.NEEDS_ATTENTION: _OPEN,
 }
 
 # States in which the row holds an authorization: a move from one of them to these targets

@@ -182,6 +182,15 @@ class RecordAttentionInput(Frozen):
     generation: int | None = None
 
 
+class AttentionRecorded(Frozen):
+    """Whether record_attention moved the row to needs_attention; if not, the status the row
+    had already ended in (which stands) and the intent it records."""
+
+    recorded: bool
+    status: PaymentStatus
+    intent_id: str | None = None
+
+
 class RecordAuthorizationInput(Frozen):
     payment_id: str
     intent_id: str

@@ -232,3 +232,39 @@ async def test_once_capture_began_cancel_is_refused(pool: asyncpg.Pool) -> None:
     await ledger.transition(pid, PaymentStatus.CAPTURING, intent_id="pi_1")
     with pytest.raises(ForbiddenTransition, match="capturing -> cancelled"):
         await ledger.transition(pid, PaymentStatus.CANCELLED, intent_id="pi_1")
+
+
+@pytest.mark.parametrize(
+    "ended", [PaymentStatus.SUCCEEDED, PaymentStatus.CANCELLED, PaymentStatus.FAILED]
+)
+async def test_needs_attention_never_overwrites_an_ended_payment(
+    pool: asyncpg.Pool, ended: PaymentStatus
+) -> None:
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+    await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1")
+    await ledger.transition(
+        pid, ended, intent_id="pi_1", amount_received=1000, failure_code="x", failure_message="y"
+    )
+
+    with pytest.raises(ForbiddenTransition, match=f"{ended} -> needs_attention"):
+        await ledger.transition(
+            pid, PaymentStatus.NEEDS_ATTENTION, failure_code="Boom", failure_message="z"
+        )
+
+    payment = await ledger.payment(pid)
+    assert payment is not None and payment.status == ended
+    assert [e.to_status for e in await ledger.events(pid)][-1] == ended
+
+
+async def test_needs_attention_is_recorded_over_an_open_payment(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+    await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1")
+    await ledger.transition(pid, PaymentStatus.CAPTURING, intent_id="pi_1")
+    assert await ledger.transition(
+        pid, PaymentStatus.NEEDS_ATTENTION, failure_code="Boom", failure_message="z"
+    )
+    payment = await ledger.payment(pid)
+    assert payment is not None
+    assert (payment.status, payment.failure_code) == (PaymentStatus.NEEDS_ATTENTION, "Boom")

@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         void_key,
     )
     from billing.models import (
+        AttentionRecorded,
         Authorization,
         AuthorizeInput,
         BeginAttemptInput,
@@ -686,7 +687,7 @@ class PaymentWorkflow:
             except ActivityError as void_err:
                 message += f"; could not void {authorization.intent_id}: {void_err.cause}"
         self._step = "record_attention"
-        await self._move(
+        recorded: AttentionRecorded | None = await self._write(
             LedgerActivities.record_attention,
             RecordAttentionInput(
                 payment_id=self._input.payment_id,
@@ -694,8 +695,19 @@ class PaymentWorkflow:
                 message=message,
                 generation=self._generation,
             ),
-            PaymentStatus.NEEDS_ATTENTION,
         )
+        if recorded is not None and not recorded.recorded:
+            # The row had already ended (an operator's SQL, say): its status stands.
+            workflow.upsert_search_attributes([PAYMENT_STATUS.value_set(recorded.status)])
+            return PaymentResult(
+                payment_id=self._input.payment_id,
+                status=recorded.status,
+                stripe_payment_intent_id=recorded.intent_id,
+                failure_code=reason,
+                note=f"the ledger had already ended the payment {recorded.status}; "
+                f"needs_attention was not recorded over it: {message}",
+            )
+        workflow.upsert_search_attributes([PAYMENT_STATUS.value_set(PaymentStatus.NEEDS_ATTENTION)])
         return PaymentResult(
             payment_id=self._input.payment_id,
             status=PaymentStatus.NEEDS_ATTENTION,
@@ -730,10 +742,17 @@ class PaymentWorkflow:
         status: PaymentStatus,
     ) -> None:
         """Record a transition in the ledger, then show the new status in the Web UI."""
-        if self._local_ledger:
-            await self._ledger(activity, input)
-        else:
-            await workflow.execute_activity_method(
-                activity, input, start_to_close_timeout=LEDGER_TIMEOUT, retry_policy=LEDGER_RETRY
-            )
+        await self._write(activity, input)
         workflow.upsert_search_attributes([PAYMENT_STATUS.value_set(status)])
+
+    async def _write(
+        self,
+        activity: Callable[[LedgerActivities, LedgerInput], Awaitable[T]],
+        input: LedgerInput,
+    ) -> T:
+        """A ledger write: a local activity, or a regular one on the path of older payments."""
+        if self._local_ledger:
+            return await self._ledger(activity, input)
+        return await workflow.execute_activity_method(
+            activity, input, start_to_close_timeout=LEDGER_TIMEOUT, retry_policy=LEDGER_RETRY
+        )
