@@ -8,7 +8,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from billing.constants import TERMINAL_STATUSES, ErrorType, PaymentStatus
-from billing.ledger import ForbiddenTransition, Ledger, UnknownPayment
+from billing.ledger import Fenced, ForbiddenTransition, Ledger, UnknownPayment
 from billing.models import (
     AttentionRecorded,
     BeginAttemptInput,
@@ -39,6 +39,8 @@ def ledger_rules_are_final() -> Iterator[None]:
         raise ApplicationError(
             str(err), type=ErrorType.FORBIDDEN_TRANSITION, non_retryable=True
         ) from err
+    except Fenced as err:
+        raise ApplicationError(str(err), type=ErrorType.FENCED, non_retryable=True) from err
 
 
 class LedgerActivities:
@@ -65,7 +67,8 @@ class LedgerActivities:
     @activity.defn(name="begin_capture")
     async def begin_capture(self, input: BeginCaptureInput) -> CaptureAllowed:
         """authorized -> capturing, the guard before money moves. If anything else moved the
-        row first (an operator's cancel), the capture is refused and says what won."""
+        row first (an operator's cancel), the capture is refused and says what won. A run
+        whose generation is older than the row's is never allowed: it fails, FENCED."""
         with ledger_rules_are_final():
             try:
                 await self._ledger.transition(

@@ -159,6 +159,11 @@ class ForbiddenTransition(LedgerError):
     pass
 
 
+class Fenced(LedgerError):
+    """A write from a generation older than the row's: a newer generation owns the payment,
+    and the older one may neither capture nor end it."""
+
+
 class CustomerConflict(LedgerError):
     """An import would put one Stripe customer, or one email, on two customer rows."""
 
@@ -294,9 +299,12 @@ class Ledger:
         detail: Mapping[str, Any] | None = None,
     ) -> bool:
         """Move a payment to `to`. Returns False, changing nothing, when it is already there
-        (a replay), when the write comes from a generation older than the row's (a late
-        write of an attempt the workflow has moved past), or when a new attempt (`to`
-        pending) names a generation the row has already reached.
+        (a replay), or when a new attempt (`to` pending) names a generation the row has
+        already reached.
+
+        Raises Fenced, changing nothing, when the write comes from a generation older than the
+        row's (a late write of an attempt the workflow has moved past, or a run that a newer
+        generation overtook): the writer must learn that it no longer owns the payment.
 
         Raises ForbiddenTransition when the current state does not allow the move, or when it
         names another PaymentIntent than the authorization the row holds. A new authorization
@@ -309,7 +317,10 @@ class Ledger:
             current = PaymentStatus(row["status"])
             recorded_intent = row["stripe_payment_intent_id"]
             if generation is not None and generation < row["generation"]:
-                return False  # fenced: a later generation owns the row
+                raise Fenced(
+                    f"payment {payment_id} is at generation {row['generation']}; a write of "
+                    f"generation {generation} ({current} -> {to}) is refused"
+                )
             other_intent = bool(intent_id and recorded_intent and intent_id != recorded_intent)
             bound = current in HOLDS_AUTHORIZATION and to in BOUND_TO_RECORDED_INTENT
             if other_intent and (current == to or bound):

@@ -85,6 +85,7 @@ class StubActivities:
     payment_methods: list[str] = field(default_factory=list)
     capture_refused_by: PaymentStatus | None = None
     period_intents_error: Exception | None = None  # raised by every find_period_intents
+    begin_capture_error: Exception | None = None  # raised by every begin_capture
     capture_gate: asyncio.Event | None = None
     capture_started: asyncio.Event = field(default_factory=asyncio.Event)
     calls: list[tuple[str, object]] = field(default_factory=list)
@@ -153,6 +154,8 @@ class StubActivities:
         @activity.defn(name="begin_capture")
         async def begin_capture(input: BeginCaptureInput) -> CaptureAllowed:
             self._record("begin_capture", input)
+            if self.begin_capture_error is not None:
+                raise self.begin_capture_error
             if self.capture_refused_by is not None:
                 return CaptureAllowed(allowed=False, status=self.capture_refused_by)
             return CaptureAllowed(allowed=True, status=PaymentStatus.CAPTURING)

@@ -439,3 +439,17 @@ async def test_holds_that_cannot_be_listed_still_end_needs_attention(
     assert isinstance(attention, RecordAttentionInput)
     assert "could not list the period's holds" in attention.message
     assert "authorize" not in stubs.names() and "void" not in stubs.names()
+
+
+async def test_a_run_a_newer_generation_overtook_neither_captures_nor_ends_the_row(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """The ledger refuses the capture of an older generation: the run stops there, leaving
+    the row and Stripe to the generation that owns them."""
+    stubs = StubActivities(begin_capture_error=business_error(ErrorType.FENCED))
+    payment = payment_input()
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    assert (result.status, result.failure_code) == (PaymentStatus.NEEDS_ATTENTION, ErrorType.FENCED)
+    assert stubs.names()[-1] == "begin_capture"
+    assert not {"capture", "void", "record_attention"} & set(stubs.names())

@@ -235,7 +235,23 @@ class PaymentWorkflow:
         except (ActivityError, ApplicationError) as err:
             if _failure_type(err) == ErrorType.UNKNOWN_PAYMENT:
                 return self._row_lost()
+            if _failure_type(err) == ErrorType.FENCED:
+                return self._fenced(err)
             return await self._needs_attention(err)
+
+    def _fenced(self, err: ActivityError | ApplicationError) -> PaymentResult:
+        """A newer generation owns the row (this run was overtaken, e.g. by a write a
+        terminated run's worker made late): this run neither captures nor ends the row, and
+        leaves Stripe alone. The row stays open; if no run holds it, `reconcile` reports it
+        stranded and `bill` resumes it from the row's generation."""
+        cause = err.cause if isinstance(err, ActivityError) and err.cause else err
+        workflow.logger.warning("a newer generation owns the payment: %s", cause)
+        return PaymentResult(
+            payment_id=self._input.payment_id,
+            status=PaymentStatus.NEEDS_ATTENTION,
+            failure_code=ErrorType.FENCED,
+            note=f"this run (generation {self._generation}) stopped without writing: {cause}",
+        )
 
     def _row_lost(self) -> PaymentResult:
         """The payment's row is gone (a restore from a backup, a truncated table). Stripe is
@@ -687,15 +703,20 @@ class PaymentWorkflow:
             except ActivityError as void_err:
                 message += f"; could not void {authorization.intent_id}: {void_err.cause}"
         self._step = "record_attention"
-        recorded: AttentionRecorded | None = await self._write(
-            LedgerActivities.record_attention,
-            RecordAttentionInput(
-                payment_id=self._input.payment_id,
-                reason=reason,
-                message=message,
-                generation=self._generation,
-            ),
-        )
+        try:
+            recorded: AttentionRecorded | None = await self._write(
+                LedgerActivities.record_attention,
+                RecordAttentionInput(
+                    payment_id=self._input.payment_id,
+                    reason=reason,
+                    message=message,
+                    generation=self._generation,
+                ),
+            )
+        except ActivityError as write_err:
+            if _failure_type(write_err) != ErrorType.FENCED:
+                raise
+            return self._fenced(write_err)
         if recorded is not None and not recorded.recorded:
             # The row had already ended (an operator's SQL, say): its status stands.
             workflow.upsert_search_attributes([PAYMENT_STATUS.value_set(recorded.status)])
