@@ -300,7 +300,8 @@ class Ledger:
     ) -> bool:
         """Move a payment to `to`. Returns False, changing nothing, when it is already there
         (a replay), or when a new attempt (`to` pending) names a generation the row has
-        already reached.
+        already reached. A new attempt of a newer generation on a `pending` row records that
+        generation (an event pending -> pending).
 
         Raises Fenced, changing nothing, when the write comes from a generation older than the
         row's (a late write of an attempt the workflow has moved past, or a run that a newer
@@ -327,7 +328,15 @@ class Ledger:
                 raise ForbiddenTransition(
                     f"payment {payment_id} is bound to {recorded_intent}, not {intent_id}"
                 )
-            if current == to:
+            # A new attempt while the row is still pending (an authorize whose answer was lost
+            # and nothing recorded since): the row takes the new generation all the same, so
+            # that it never lags behind the run and fences the older generation's late writes.
+            renewed = (
+                to == current == S.PENDING
+                and generation is not None
+                and generation > row["generation"]
+            )
+            if current == to and not renewed:
                 return False
             if to == S.AUTHORIZED and current == S.CAPTURING and intent_id == recorded_intent:
                 return False  # already past recording this authorization: a replay
@@ -338,7 +347,7 @@ class Ledger:
                     f"payment {payment_id}: a move to succeeded must name the captured "
                     "PaymentIntent"
                 )
-            if current not in TRANSITIONS[to]:
+            if current not in TRANSITIONS[to] and not renewed:
                 raise ForbiddenTransition(f"payment {payment_id} cannot move {current} -> {to}")
             await conn.execute(
                 APPLY_TRANSITION,

@@ -309,3 +309,25 @@ async def test_a_capture_from_an_older_generation_is_never_allowed(pool: asyncpg
         BeginCaptureInput(payment_id=pid, intent_id="pi_1", generation=2)
     )
     assert allowed == CaptureAllowed(allowed=True, status=PaymentStatus.CAPTURING)
+
+
+async def test_a_new_attempt_from_pending_raises_the_generation(pool: asyncpg.Pool) -> None:
+    """A new attempt from pending (a lost authorize answer) was a no-op: the row stayed at
+    the older generation, whose late writes it then let through."""
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+
+    assert await ledger.transition(pid, PaymentStatus.PENDING, generation=2) is True
+    assert await ledger.transition(pid, PaymentStatus.PENDING, generation=2) is False  # a replay
+
+    payment = await ledger.payment(pid)
+    assert payment is not None
+    assert (payment.status, payment.generation) == (PaymentStatus.PENDING, 2)
+    events = await ledger.events(pid)
+    assert [(e.from_status, e.to_status) for e in events] == [
+        (None, PaymentStatus.PENDING),
+        (PaymentStatus.PENDING, PaymentStatus.PENDING),
+    ]
+    assert events[-1].detail == {"generation": 2}
+    with pytest.raises(Fenced):  # generation 1's late authorization
+        await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1", generation=1)
