@@ -117,7 +117,9 @@ PAYMENTS_OF_PERIOD = (
 )
 
 PAYMENT_STATE = """
-SELECT p.status, p.generation, p.stripe_payment_intent_id AS intent_id, c.payment_method_id
+SELECT p.status, p.generation, p.stripe_payment_intent_id AS intent_id, c.payment_method_id,
+       (SELECT count(*) FROM payment_events e
+        WHERE e.payment_id = p.id AND e.to_status = 'retrying')::int AS dunning_attempts
 FROM payments p JOIN customers c ON c.id = p.customer_id WHERE p.id = $1::uuid"""
 
 EVENTS_OF_PAYMENT = """
@@ -270,8 +272,9 @@ class Ledger:
         return None if row is None else PaymentRecord(**dict(row))
 
     async def payment_state(self, payment_id: str) -> PaymentState:
-        """The row's status, generation and recorded intent, and the customer's current
-        payment method (a card changed by `customers import` shows here)."""
+        """The row's status, generation and recorded intent, its soft declines so far (counted
+        from its append-only events), and the customer's current payment method (a card
+        changed by `customers import` shows here)."""
         row = await self._pool.fetchrow(PAYMENT_STATE, payment_id)
         if row is None:
             raise UnknownPayment(f"payment {payment_id} does not exist")

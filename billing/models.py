@@ -132,6 +132,9 @@ class PaymentState(Frozen):
     generation: int
     intent_id: str | None
     payment_method_id: str
+    # Soft declines recorded so far (its `retrying` events): a resumed run's dunning goes on
+    # from there. Absent from rows read before it existed.
+    dunning_attempts: int = 0
 
 
 class BeginAttemptInput(Frozen):

@@ -331,3 +331,20 @@ async def test_a_new_attempt_from_pending_raises_the_generation(pool: asyncpg.Po
     assert events[-1].detail == {"generation": 2}
     with pytest.raises(Fenced):  # generation 1's late authorization
         await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1", generation=1)
+
+
+async def test_the_row_state_counts_its_soft_declines(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+    assert (await ledger.payment_state(pid)).dunning_attempts == 0
+    for generation in (1, 2):
+        await ledger.transition(pid, PaymentStatus.RETRYING, generation=generation)
+        await ledger.transition(pid, PaymentStatus.PENDING, generation=generation + 1)
+    await ledger.transition(pid, PaymentStatus.RETRYING, generation=3)
+    await ledger.transition(pid, PaymentStatus.RETRYING, generation=3)  # a replay
+    state = await ledger.payment_state(pid)
+    assert (state.status, state.generation, state.dunning_attempts) == (
+        PaymentStatus.RETRYING,
+        3,
+        3,
+    )

@@ -97,6 +97,12 @@ LOCAL_RETRY_THRESHOLD = timedelta(seconds=10)
 # ledger write by generation, treat a Temporal cancellation as `cancel`, and end an
 # unexpected error `needs_attention`. Without the marker they run the path above unchanged.
 EXACTLY_ONCE = "exactly-once-per-period"
+# Payments started under this patch (besides EXACTLY_ONCE) resume from what their row records:
+# converging keeps the recorded authorization when it is still capturable, capture counts as
+# begun only on that authorization and no longer once an expired one was re-authorized, a
+# held row adopting another authorization begins a new generation, and dunning goes on from
+# the row's count of soft declines. Without the marker a resumed run behaves as before.
+RESUME_AS_RECORDED = "resume-as-recorded"
 # How far before the period (or the run, if earlier) converging looks for its charges.
 PERIOD_LOOKBACK = timedelta(days=35)
 # Failures of authorize after which Stripe may hold an authorization the workflow never saw.
@@ -155,6 +161,7 @@ class PaymentWorkflow:
         self._result: PaymentResult | None = None
         self._local_ledger = False  # set by run(): see LOCAL_LEDGER_WRITES
         self._exactly_once = False  # set by run(): see EXACTLY_ONCE
+        self._as_recorded = False  # set by run(): see RESUME_AS_RECORDED
         self._stored_method = input.payment_method_id  # the customer's card as last read
 
     @workflow.query(name="current_step")
@@ -192,6 +199,7 @@ class PaymentWorkflow:
     async def run(self, input: PaymentInput) -> PaymentResult:
         self._local_ledger = workflow.patched(LOCAL_LEDGER_WRITES)
         self._exactly_once = workflow.patched(EXACTLY_ONCE)
+        self._as_recorded = self._exactly_once and workflow.patched(RESUME_AS_RECORDED)
         started_with_attributes = workflow.info().typed_search_attributes.get(BILLING_PERIOD)
         if not (self._local_ledger and started_with_attributes):
             starting = starting_search_attributes(input.billing_period, input.customer_id)
@@ -324,6 +332,8 @@ class PaymentWorkflow:
                 if expired and policy.reauthorize_expired and not reauthorized:
                     reauthorized = True
                     authorization = await self._new_generation("authorization_expired")
+                    # The new authorization's capture has not begun: a cancel now voids it.
+                    capture_begun = capture_begun and not self._as_recorded
                     continue
                 if not expired:  # an expired authorization holds nothing to void
                     self._step = "void"
@@ -368,7 +378,10 @@ class PaymentWorkflow:
             )
         self._generation = state.generation
         self._adopt_stored_method(state)
-        found = await self._converge()
+        if self._as_recorded:
+            self._dunning_attempts = state.dunning_attempts
+        found = await self._converge(prefer=state.intent_id if self._as_recorded else None)
+        recorded = isinstance(found, Authorization) and found.intent_id == state.intent_id
         if isinstance(found, Authorization) and state.status == PaymentStatus.RETRYING:
             await self._begin_generation("adopted_after_resume")
         held = state.status in (PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURING)
@@ -376,6 +389,12 @@ class PaymentWorkflow:
             # The recorded authorization is gone (voided or expired before the run that
             # held it closed): its key would only replay it. Authorize, if at all, anew.
             await self._begin_generation("resumed_without_hold")
+        elif self._as_recorded and held and isinstance(found, Authorization) and not recorded:
+            # Another live authorization than the one recorded: adopt it under a new
+            # generation (the row is bound to the recorded one).
+            await self._begin_generation("adopted_after_resume")
+        if self._as_recorded:  # capture began only on the authorization the row records
+            return found, state.status == PaymentStatus.CAPTURING and recorded
         return found, state.status == PaymentStatus.CAPTURING and found is not None
 
     async def _authorize(self) -> Authorization | ApplicationError:
@@ -486,9 +505,11 @@ class PaymentWorkflow:
         if state.payment_method_id != self._stored_method:
             self._stored_method = self._payment_method = state.payment_method_id
 
-    async def _converge(self) -> Converged:
+    async def _converge(self, *, prefer: str | None = None) -> Converged:
         """What Stripe holds for this payment: a capture of its (Stripe customer, period),
-        else its one capturable authorization (any other is voided), else None."""
+        else its one capturable authorization (any other is voided), else None. The one kept
+        is `prefer` (the authorization the row records) when it is capturable, else the
+        oldest."""
         self._step = "converge"
         if not self._exactly_once:
             return await self._find_authorization()
@@ -500,7 +521,10 @@ class PaymentWorkflow:
                 type=ErrorType.CHARGED_TWICE,
                 non_retryable=True,
             )
-        keep = held.capturable[0] if held.capturable and not held.captured else None
+        keep = None
+        if held.capturable and not held.captured:
+            recorded = [a for a in held.capturable if prefer and a.intent_id == prefer]
+            keep = recorded[0] if recorded else held.capturable[0]
         for extra in held.capturable:
             if extra != keep:
                 await self._void(extra.intent_id)
