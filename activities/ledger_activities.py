@@ -7,9 +7,10 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from billing.constants import ErrorType, PaymentStatus
-from billing.ledger import ForbiddenTransition, Ledger, UnknownPayment
+from billing.constants import TERMINAL_STATUSES, ErrorType, PaymentStatus
+from billing.ledger import Fenced, ForbiddenTransition, Ledger, UnknownPayment
 from billing.models import (
+    AttentionRecorded,
     BeginAttemptInput,
     BeginCaptureInput,
     CaptureAllowed,
@@ -38,6 +39,8 @@ def ledger_rules_are_final() -> Iterator[None]:
         raise ApplicationError(
             str(err), type=ErrorType.FORBIDDEN_TRANSITION, non_retryable=True
         ) from err
+    except Fenced as err:
+        raise ApplicationError(str(err), type=ErrorType.FENCED, non_retryable=True) from err
 
 
 class LedgerActivities:
@@ -64,7 +67,8 @@ class LedgerActivities:
     @activity.defn(name="begin_capture")
     async def begin_capture(self, input: BeginCaptureInput) -> CaptureAllowed:
         """authorized -> capturing, the guard before money moves. If anything else moved the
-        row first (an operator's cancel), the capture is refused and says what won."""
+        row first (an operator's cancel), the capture is refused and says what won. A run
+        whose generation is older than the row's is never allowed: it fails, FENCED."""
         with ledger_rules_are_final():
             try:
                 await self._ledger.transition(
@@ -105,17 +109,27 @@ class LedgerActivities:
             )
 
     @activity.defn(name="record_attention")
-    async def record_attention(self, input: RecordAttentionInput) -> None:
-        """Any status -> needs_attention: the workflow met what it cannot settle alone."""
+    async def record_attention(self, input: RecordAttentionInput) -> AttentionRecorded:
+        """An open status -> needs_attention: the workflow met what it cannot settle alone.
+        A payment that has already ended keeps its status, which is returned."""
         with ledger_rules_are_final():
-            await self._ledger.transition(
-                input.payment_id,
-                PaymentStatus.NEEDS_ATTENTION,
-                intent_id=input.intent_id,
-                failure_code=input.reason,
-                failure_message=input.message,
-                generation=input.generation,
-            )
+            try:
+                await self._ledger.transition(
+                    input.payment_id,
+                    PaymentStatus.NEEDS_ATTENTION,
+                    intent_id=input.intent_id,
+                    failure_code=input.reason,
+                    failure_message=input.message,
+                    generation=input.generation,
+                )
+            except ForbiddenTransition:
+                state = await self._ledger.payment_state(input.payment_id)
+                if state.status not in TERMINAL_STATUSES:
+                    raise
+                return AttentionRecorded(
+                    recorded=False, status=state.status, intent_id=state.intent_id
+                )
+        return AttentionRecorded(recorded=True, status=PaymentStatus.NEEDS_ATTENTION)
 
     @activity.defn(name="record_failure")
     async def record_failure(self, input: RecordFailureInput) -> None:

@@ -74,6 +74,8 @@ class ErrorType(StrEnum):
     KEY_MAY_BE_FORGOTTEN = "IdempotencyKeyMayBeForgotten"
     # Stripe holds more than one capture for one (Stripe customer, period).
     CHARGED_TWICE = "ChargedTwice"
+    # A ledger write from a generation older than the row's: a newer one owns the payment.
+    FENCED = "FencedByNewerGeneration"
 
 
 # A retryable failure type, so never in ErrorType: a 429 waits and tries again.

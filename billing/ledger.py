@@ -39,8 +39,9 @@ TRANSITIONS: Mapping[PaymentStatus, frozenset[PaymentStatus]] = {
     S.FAILED: _OPEN,
     # Never once capture has begun: then the capture decides.
     S.CANCELLED: frozenset({S.PENDING, S.RETRYING, S.AUTHORIZED}),
-    # From anywhere: it says the row and Stripe may disagree, and a person must look.
-    S.NEEDS_ATTENTION: frozenset(S) - {S.NEEDS_ATTENTION},
+    # From any open state: it says the row and Stripe may disagree, and a person must look. Never
+    # over an ended payment: a capture, a cancel or a failure recorded there stands.
+    S.NEEDS_ATTENTION: _OPEN,
 }
 
 # States in which the row holds an authorization: a move from one of them to these targets
@@ -131,7 +132,9 @@ PAYMENTS_OF_PERIOD = (
 )
 
 PAYMENT_STATE = """
-SELECT p.status, p.generation, p.stripe_payment_intent_id AS intent_id, c.payment_method_id
+SELECT p.status, p.generation, p.stripe_payment_intent_id AS intent_id, c.payment_method_id,
+       (SELECT count(*) FROM payment_events e
+        WHERE e.payment_id = p.id AND e.to_status = 'retrying')::int AS dunning_attempts
 FROM payments p JOIN customers c ON c.id = p.customer_id WHERE p.id = $1::uuid"""
 
 EVENTS_OF_PAYMENT = """
@@ -171,6 +174,11 @@ class UnknownPayment(LedgerError):
 
 class ForbiddenTransition(LedgerError):
     pass
+
+
+class Fenced(LedgerError):
+    """A write from a generation older than the row's: a newer generation owns the payment,
+    and the older one may neither capture nor end it."""
 
 
 class CustomerConflict(LedgerError):
@@ -303,8 +311,9 @@ class Ledger:
         return None if row is None else PaymentRecord(**dict(row))
 
     async def payment_state(self, payment_id: str) -> PaymentState:
-        """The row's status, generation and recorded intent, and the customer's current
-        payment method (a card changed by `customers import` shows here)."""
+        """The row's status, generation and recorded intent, its soft declines so far (counted
+        from its append-only events), and the customer's current payment method (a card
+        changed by `customers import` shows here)."""
         row = await self._pool.fetchrow(PAYMENT_STATE, payment_id)
         if row is None:
             raise UnknownPayment(f"payment {payment_id} does not exist")
@@ -332,9 +341,13 @@ class Ledger:
         detail: Mapping[str, Any] | None = None,
     ) -> bool:
         """Move a payment to `to`. Returns False, changing nothing, when it is already there
-        (a replay), when the write comes from a generation older than the row's (a late
-        write of an attempt the workflow has moved past), or when a new attempt (`to`
-        pending) names a generation the row has already reached.
+        (a replay), or when a new attempt (`to` pending) names a generation the row has
+        already reached. A new attempt of a newer generation on a `pending` row records that
+        generation (an event pending -> pending).
+
+        Raises Fenced, changing nothing, when the write comes from a generation older than the
+        row's (a late write of an attempt the workflow has moved past, or a run that a newer
+        generation overtook): the writer must learn that it no longer owns the payment.
 
         Raises ForbiddenTransition when the current state does not allow the move, or when it
         names another PaymentIntent than the authorization the row holds. A new authorization
@@ -347,14 +360,25 @@ class Ledger:
             current = PaymentStatus(row["status"])
             recorded_intent = row["stripe_payment_intent_id"]
             if generation is not None and generation < row["generation"]:
-                return False  # fenced: a later generation owns the row
+                raise Fenced(
+                    f"payment {payment_id} is at generation {row['generation']}; a write of "
+                    f"generation {generation} ({current} -> {to}) is refused"
+                )
             other_intent = bool(intent_id and recorded_intent and intent_id != recorded_intent)
             bound = current in HOLDS_AUTHORIZATION and to in BOUND_TO_RECORDED_INTENT
             if other_intent and (current == to or bound):
                 raise ForbiddenTransition(
                     f"payment {payment_id} is bound to {recorded_intent}, not {intent_id}"
                 )
-            if current == to:
+            # A new attempt while the row is still pending (an authorize whose answer was lost
+            # and nothing recorded since): the row takes the new generation all the same, so
+            # that it never lags behind the run and fences the older generation's late writes.
+            renewed = (
+                to == current == S.PENDING
+                and generation is not None
+                and generation > row["generation"]
+            )
+            if current == to and not renewed:
                 return False
             if to == S.AUTHORIZED and current == S.CAPTURING and intent_id == recorded_intent:
                 return False  # already past recording this authorization: a replay
@@ -365,7 +389,7 @@ class Ledger:
                     f"payment {payment_id}: a move to succeeded must name the captured "
                     "PaymentIntent"
                 )
-            if current not in TRANSITIONS[to]:
+            if current not in TRANSITIONS[to] and not renewed:
                 raise ForbiddenTransition(f"payment {payment_id} cannot move {current} -> {to}")
             await conn.execute(
                 APPLY_TRANSITION,

@@ -132,6 +132,9 @@ class PaymentState(Frozen):
     generation: int
     intent_id: str | None
     payment_method_id: str
+    # Soft declines recorded so far (its `retrying` events): a resumed run's dunning goes on
+    # from there. Absent from rows read before it existed.
+    dunning_attempts: int = 0
 
 
 class BeginAttemptInput(Frozen):
@@ -180,6 +183,15 @@ class RecordAttentionInput(Frozen):
     message: str
     intent_id: str | None = None
     generation: int | None = None
+
+
+class AttentionRecorded(Frozen):
+    """Whether record_attention moved the row to needs_attention; if not, the status the row
+    had already ended in (which stands) and the intent it records."""
+
+    recorded: bool
+    status: PaymentStatus
+    intent_id: str | None = None
 
 
 class RecordAuthorizationInput(Frozen):

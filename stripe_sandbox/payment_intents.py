@@ -488,6 +488,8 @@ def list_intents(state: AccountState, params: Params) -> Json:
     reject_unknown(params, _LIST_PARAMS)
     limit = _limit(params)
     customer = get_str(params, "customer")
+    if customer is not None:  # as Stripe: a filter on an unknown customer is a 400
+        get_customer(state, customer, param="customer")
     bounds = _created_filter(params)
     expand = _expansions(params, prefix="data.")
     starting_after = get_str(params, "starting_after")

@@ -24,7 +24,13 @@ from billing.constants import (
     starting_search_attributes,
     workflow_id,
 )
-from billing.models import BillingPolicy, PaymentMethodUpdate
+from billing.models import (
+    Authorization,
+    BillingPolicy,
+    PaymentMethodUpdate,
+    PaymentState,
+    PeriodIntents,
+)
 from billing.stack.temporal import start_local_environment
 from tests.stubs import StubActivities, business_error, declined, payment_input
 from workflows.payment import PaymentWorkflow
@@ -91,6 +97,16 @@ async def cancel_by_temporal(handle: Handle, stubs: StubActivities) -> None:
     await handle.cancel()
 
 
+def resumed_row(status: PaymentStatus, intent_id: str, dunning_attempts: int = 0) -> PaymentState:
+    return PaymentState(
+        status=status,
+        generation=1,
+        intent_id=intent_id,
+        payment_method_id="pm_card_visa",
+        dunning_attempts=dunning_attempts,
+    )
+
+
 def cases() -> dict[str, Case]:
     return {
         "payment_succeeded": Case(StubActivities(capture_errors=[RuntimeError("reset")])),
@@ -140,6 +156,29 @@ def cases() -> dict[str, Case]:
         ),
         "exactly_once_capture_refused_by_ledger": Case(
             StubActivities(capture_refused_by=PaymentStatus.CANCELLED)
+        ),
+        # Recorded 2026-11-28 under the resume-as-recorded patch: a run resumed on a
+        # capturing row keeps the authorization it records, and one resumed in dunning goes
+        # on from the row's soft declines.
+        "resume_as_recorded_capturing": Case(
+            StubActivities(
+                row=resumed_row(PaymentStatus.CAPTURING, "pi_recorded"),
+                held_at_stripe=[
+                    PeriodIntents(
+                        capturable=(
+                            Authorization(intent_id="pi_older", amount_capturable=4200),
+                            Authorization(intent_id="pi_recorded", amount_capturable=4200),
+                        )
+                    )
+                ],
+            )
+        ),
+        "resume_as_recorded_dunning": Case(
+            StubActivities(
+                row=resumed_row(PaymentStatus.RETRYING, "pi_declined", dunning_attempts=1),
+                authorize_errors=[declined("insufficient_funds")] * 2,
+            ),
+            BillingPolicy(dunning_schedule=(SECOND, 2 * SECOND)),
         ),
         "payment_lost_answer_new_generation": Case(
             StubActivities(

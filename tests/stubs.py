@@ -84,6 +84,8 @@ class StubActivities:
     row: PaymentState | None = None
     payment_methods: list[str] = field(default_factory=list)
     capture_refused_by: PaymentStatus | None = None
+    period_intents_error: Exception | None = None  # raised by every find_period_intents
+    begin_capture_error: Exception | None = None  # raised by every begin_capture
     capture_gate: asyncio.Event | None = None
     capture_started: asyncio.Event = field(default_factory=asyncio.Event)
     calls: list[tuple[str, object]] = field(default_factory=list)
@@ -133,6 +135,8 @@ class StubActivities:
         @activity.defn(name="find_period_intents")
         async def find_period_intents(input: FindPeriodIntentsInput) -> PeriodIntents:
             self._record("find_period_intents", input)
+            if self.period_intents_error is not None:
+                raise self.period_intents_error
             if self.held_at_stripe:
                 return self.held_at_stripe.pop(0)
             if self.existing_authorization and "authorize" in self.names():
@@ -150,6 +154,8 @@ class StubActivities:
         @activity.defn(name="begin_capture")
         async def begin_capture(input: BeginCaptureInput) -> CaptureAllowed:
             self._record("begin_capture", input)
+            if self.begin_capture_error is not None:
+                raise self.begin_capture_error
             if self.capture_refused_by is not None:
                 return CaptureAllowed(allowed=False, status=self.capture_refused_by)
             return CaptureAllowed(allowed=True, status=PaymentStatus.CAPTURING)

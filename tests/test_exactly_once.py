@@ -323,3 +323,54 @@ async def test_an_authorize_key_older_than_a_day_is_not_resent(
         await env.run(activities.authorize, request)
     assert raised.value.type == ErrorType.KEY_MAY_BE_FORGOTTEN
     assert sandbox.stats()["requests"] == 0
+
+
+async def test_a_customer_stripe_no_longer_knows_ends_needs_attention(
+    temporal_env: WorkflowEnvironment, pool: asyncpg.Pool, sandbox: Sandbox, settings: Settings
+) -> None:
+    """Stripe refuses to list a deleted customer's PaymentIntents (400): the workflow failed
+    over an open row, since releasing the holds lists them again."""
+    ledger = Ledger(pool)
+    await add_customer(ledger, make_stripe_client(settings), "pm_card_visa")
+    await pool.execute("UPDATE customers SET stripe_customer_id = 'cus_deleted'")
+    async with running_worker(settings, temporal_env.client):
+        assert await execute(["bill", PERIOD], settings, temporal_env.client) == 0
+        payment = await only_payment(pool)
+        result = await ended(temporal_env, payment)
+
+    assert (result.status, result.failure_code) == (
+        PaymentStatus.NEEDS_ATTENTION,
+        ErrorType.STRIPE_REJECTED,
+    )
+    description = await handle_of(temporal_env, payment).describe()
+    assert description.status == WorkflowExecutionStatus.COMPLETED
+    row = await only_payment(pool)
+    assert row.status == PaymentStatus.NEEDS_ATTENTION
+    assert row.failure_message and "could not list the period's holds" in row.failure_message
+    assert sandbox.payment_intents() == []
+
+
+async def test_needs_attention_never_overwrites_a_payment_the_ledger_ended(
+    temporal_env: WorkflowEnvironment, pool: asyncpg.Pool, sandbox: Sandbox, settings: Settings
+) -> None:
+    """An operator wrote `succeeded` in SQL during the window: the workflow voided its hold
+    and then overwrote the ended row with needs_attention."""
+    ledger = Ledger(pool)
+    await add_customer(ledger, make_stripe_client(settings), "pm_card_visa")
+    async with running_worker(settings, temporal_env.client):
+        assert await execute(["bill", PERIOD, *SHORT_WINDOW], settings, temporal_env.client) == 0
+        payment = await wait_for_status(ledger, PaymentStatus.AUTHORIZED)
+        await pool.execute(
+            "UPDATE payments SET status = 'succeeded' WHERE id = $1::uuid", payment.id
+        )
+        result = await ended(temporal_env, payment)
+
+    assert (result.status, result.failure_code) == (
+        PaymentStatus.SUCCEEDED,
+        ErrorType.FORBIDDEN_TRANSITION,
+    )
+    assert result.note and "needs_attention was not recorded over it" in result.note
+    assert statuses(sandbox) == ["canceled"]  # the hold is released, nothing captured
+    row = await only_payment(pool)
+    assert row.status == PaymentStatus.SUCCEEDED
+    assert [e.to_status for e in await ledger.events(row.id)][-1] == PaymentStatus.AUTHORIZED

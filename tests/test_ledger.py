@@ -5,10 +5,19 @@ from importlib import resources
 
 import asyncpg
 import pytest
+from temporalio.exceptions import ApplicationError
 
-from billing.constants import PaymentStatus
-from billing.ledger import ForbiddenTransition, Ledger, UnknownPayment, migrate, open_pool
-from billing.models import NewCustomer
+from activities.ledger_activities import LedgerActivities
+from billing.constants import ErrorType, PaymentStatus
+from billing.ledger import (
+    Fenced,
+    ForbiddenTransition,
+    Ledger,
+    UnknownPayment,
+    migrate,
+    open_pool,
+)
+from billing.models import BeginCaptureInput, CaptureAllowed, FinalizeInput, NewCustomer
 
 PERIOD = "2026-11"
 
@@ -177,20 +186,22 @@ async def test_a_failed_batch_import_writes_nothing(pool: asyncpg.Pool) -> None:
     assert await pool.fetchval("SELECT count(*) FROM customers") == 0
 
 
-async def test_a_write_from_an_older_generation_changes_nothing(pool: asyncpg.Pool) -> None:
+async def test_a_write_from_an_older_generation_is_refused_and_changes_nothing(
+    pool: asyncpg.Pool,
+) -> None:
     """Hole 6: a late generation-1 record_decline, landing after generation 2 began, moved
-    the row back to retrying."""
+    the row back to retrying. Then the refusal was silent: the writer could not tell."""
     ledger = Ledger(pool)
     pid = await first_payment(ledger)
     await ledger.transition(pid, PaymentStatus.RETRYING, failure_code="insufficient_funds")
     await ledger.transition(pid, PaymentStatus.PENDING, generation=2)
     await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_2", generation=2)
 
-    late = await ledger.transition(
-        pid, PaymentStatus.FAILED, failure_code="insufficient_funds", generation=1
-    )
+    with pytest.raises(Fenced, match="generation 2; a write of generation 1"):
+        await ledger.transition(
+            pid, PaymentStatus.FAILED, failure_code="insufficient_funds", generation=1
+        )
 
-    assert late is False
     payment = await ledger.payment(pid)
     assert payment is not None
     assert (payment.status, payment.generation) == (PaymentStatus.AUTHORIZED, 2)
@@ -232,3 +243,108 @@ async def test_once_capture_began_cancel_is_refused(pool: asyncpg.Pool) -> None:
     await ledger.transition(pid, PaymentStatus.CAPTURING, intent_id="pi_1")
     with pytest.raises(ForbiddenTransition, match="capturing -> cancelled"):
         await ledger.transition(pid, PaymentStatus.CANCELLED, intent_id="pi_1")
+
+
+@pytest.mark.parametrize(
+    "ended", [PaymentStatus.SUCCEEDED, PaymentStatus.CANCELLED, PaymentStatus.FAILED]
+)
+async def test_needs_attention_never_overwrites_an_ended_payment(
+    pool: asyncpg.Pool, ended: PaymentStatus
+) -> None:
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+    await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1")
+    await ledger.transition(
+        pid, ended, intent_id="pi_1", amount_received=1000, failure_code="x", failure_message="y"
+    )
+
+    with pytest.raises(ForbiddenTransition, match=f"{ended} -> needs_attention"):
+        await ledger.transition(
+            pid, PaymentStatus.NEEDS_ATTENTION, failure_code="Boom", failure_message="z"
+        )
+
+    payment = await ledger.payment(pid)
+    assert payment is not None and payment.status == ended
+    assert [e.to_status for e in await ledger.events(pid)][-1] == ended
+
+
+async def test_needs_attention_is_recorded_over_an_open_payment(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+    await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1")
+    await ledger.transition(pid, PaymentStatus.CAPTURING, intent_id="pi_1")
+    assert await ledger.transition(
+        pid, PaymentStatus.NEEDS_ATTENTION, failure_code="Boom", failure_message="z"
+    )
+    payment = await ledger.payment(pid)
+    assert payment is not None
+    assert (payment.status, payment.failure_code) == (PaymentStatus.NEEDS_ATTENTION, "Boom")
+
+
+async def test_a_capture_from_an_older_generation_is_never_allowed(pool: asyncpg.Pool) -> None:
+    """begin_capture answered "allowed" to a run whose generation the row had moved past: it
+    captured behind the current generation's back."""
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+    await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1", generation=1)
+    await ledger.transition(pid, PaymentStatus.PENDING, generation=2)
+    await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1", generation=2)
+    activities = LedgerActivities(pool)
+
+    with pytest.raises(ApplicationError) as refused:
+        await activities.begin_capture(
+            BeginCaptureInput(payment_id=pid, intent_id="pi_1", generation=1)
+        )
+    assert (refused.value.type, refused.value.non_retryable) == (ErrorType.FENCED, True)
+    with pytest.raises(ApplicationError) as late:
+        await activities.finalize(
+            FinalizeInput(payment_id=pid, intent_id="pi_1", amount_received=1000, generation=1)
+        )
+    assert late.value.type == ErrorType.FENCED
+
+    payment = await ledger.payment(pid)
+    assert payment is not None
+    assert (payment.status, payment.generation) == (PaymentStatus.AUTHORIZED, 2)
+    allowed = await activities.begin_capture(
+        BeginCaptureInput(payment_id=pid, intent_id="pi_1", generation=2)
+    )
+    assert allowed == CaptureAllowed(allowed=True, status=PaymentStatus.CAPTURING)
+
+
+async def test_a_new_attempt_from_pending_raises_the_generation(pool: asyncpg.Pool) -> None:
+    """A new attempt from pending (a lost authorize answer) was a no-op: the row stayed at
+    the older generation, whose late writes it then let through."""
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+
+    assert await ledger.transition(pid, PaymentStatus.PENDING, generation=2) is True
+    assert await ledger.transition(pid, PaymentStatus.PENDING, generation=2) is False  # a replay
+
+    payment = await ledger.payment(pid)
+    assert payment is not None
+    assert (payment.status, payment.generation) == (PaymentStatus.PENDING, 2)
+    events = await ledger.events(pid)
+    assert [(e.from_status, e.to_status) for e in events] == [
+        (None, PaymentStatus.PENDING),
+        (PaymentStatus.PENDING, PaymentStatus.PENDING),
+    ]
+    assert events[-1].detail == {"generation": 2}
+    with pytest.raises(Fenced):  # generation 1's late authorization
+        await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1", generation=1)
+
+
+async def test_the_row_state_counts_its_soft_declines(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+    assert (await ledger.payment_state(pid)).dunning_attempts == 0
+    for generation in (1, 2):
+        await ledger.transition(pid, PaymentStatus.RETRYING, generation=generation)
+        await ledger.transition(pid, PaymentStatus.PENDING, generation=generation + 1)
+    await ledger.transition(pid, PaymentStatus.RETRYING, generation=3)
+    await ledger.transition(pid, PaymentStatus.RETRYING, generation=3)  # a replay
+    state = await ledger.payment_state(pid)
+    assert (state.status, state.generation, state.dunning_attempts) == (
+        PaymentStatus.RETRYING,
+        3,
+        3,
+    )

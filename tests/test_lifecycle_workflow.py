@@ -16,11 +16,13 @@ from billing.models import (
     BeginAttemptInput,
     BillingPolicy,
     Capture,
+    CaptureInput,
     PaymentInput,
     PaymentMethodUpdate,
     PaymentResult,
     PaymentState,
     PeriodIntents,
+    RecordAttentionInput,
     RecordAuthorizationInput,
     RecordCancellationInput,
     VoidInput,
@@ -419,3 +421,131 @@ async def test_a_run_resumed_after_capture_began_captures_despite_a_cancel(
     assert (result.status, result.stripe_payment_intent_id) == (PaymentStatus.SUCCEEDED, "pi_held")
     assert "void" not in stubs.names() and "authorize" not in stubs.names()
     assert result.note == "a cancel came after capture began; the payment was captured"
+
+
+async def test_holds_that_cannot_be_listed_still_end_needs_attention(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """Stripe refused the list (a deleted customer): the workflow failed over an open row
+    instead of ending needs_attention."""
+    stubs = StubActivities(period_intents_error=business_error(ErrorType.STRIPE_REJECTED))
+    payment = payment_input()
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    assert (result.status, result.failure_code) == (
+        PaymentStatus.NEEDS_ATTENTION,
+        ErrorType.STRIPE_REJECTED,
+    )
+    [attention] = stubs.inputs("record_attention")
+    assert isinstance(attention, RecordAttentionInput)
+    assert "could not list the period's holds" in attention.message
+    assert "authorize" not in stubs.names() and "void" not in stubs.names()
+
+
+async def test_a_run_a_newer_generation_overtook_neither_captures_nor_ends_the_row(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """The ledger refuses the capture of an older generation: the run stops there, leaving
+    the row and Stripe to the generation that owns them."""
+    stubs = StubActivities(begin_capture_error=business_error(ErrorType.FENCED))
+    payment = payment_input()
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    assert (result.status, result.failure_code) == (PaymentStatus.NEEDS_ATTENTION, ErrorType.FENCED)
+    assert stubs.names()[-1] == "begin_capture"
+    assert not {"capture", "void", "record_attention"} & set(stubs.names())
+
+
+def resumed_row(status: PaymentStatus, intent_id: str | None, **fields: int) -> PaymentState:
+    return PaymentState(
+        status=status,
+        generation=fields.pop("generation", 1),
+        intent_id=intent_id,
+        payment_method_id="pm_card_visa",
+        **fields,
+    )
+
+
+def held(*intent_ids: str) -> PeriodIntents:
+    return PeriodIntents(
+        capturable=tuple(Authorization(intent_id=i, amount_capturable=4200) for i in intent_ids)
+    )
+
+
+def voided(stubs: StubActivities) -> list[str]:
+    return [v.intent_id for v in stubs.inputs("void") if isinstance(v, VoidInput)]
+
+
+async def test_a_resumed_run_keeps_the_authorization_its_row_records(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """Converging kept the oldest live authorization and voided the one the row records."""
+    stubs = StubActivities(
+        row=resumed_row(PaymentStatus.CAPTURING, "pi_recorded"),
+        held_at_stripe=[held("pi_older", "pi_recorded")],
+    )
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment_input())).result()
+    assert (result.status, result.stripe_payment_intent_id) == (
+        PaymentStatus.SUCCEEDED,
+        "pi_recorded",
+    )
+    assert voided(stubs) == ["pi_older"]
+    assert "begin_attempt" not in stubs.names()
+
+
+async def test_capture_began_only_on_the_authorization_the_row_records(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A capturing row whose recorded authorization is gone, with another one live: the run
+    took capture as begun and captured the other one despite a cancel."""
+    stubs = StubActivities(
+        row=resumed_row(PaymentStatus.CAPTURING, "pi_gone"),
+        held_at_stripe=[held("pi_other")],
+    )
+    async with worker(env, task_queue, stubs):
+        handle = await start(env, task_queue, payment_input(), start_signal="cancel")
+        result = await handle.result()
+    assert result.status == PaymentStatus.CANCELLED
+    assert "capture" not in stubs.names()
+    assert voided(stubs) == ["pi_other"]
+    [attempt] = stubs.inputs("begin_attempt")  # the row is bound to pi_gone
+    assert isinstance(attempt, BeginAttemptInput)
+    assert (attempt.generation, attempt.reason) == (2, "adopted_after_resume")
+
+
+async def test_capture_no_longer_counts_as_begun_once_reauthorized(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """Resumed after capture began, the authorization expired and converging adopted a new
+    one: capture_begun stayed true and a cancel did not stop the new capture."""
+    stubs = StubActivities(
+        row=resumed_row(PaymentStatus.CAPTURING, "pi_held"),
+        held_at_stripe=[held("pi_held"), held("pi_new")],
+        capture_errors=[business_error(ErrorType.AUTHORIZATION_EXPIRED)],
+    )
+    payment = payment_input(BillingPolicy(reauthorize_expired=True))
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment, start_signal="cancel")).result()
+    assert (result.status, result.stripe_payment_intent_id) == (PaymentStatus.CANCELLED, "pi_new")
+    captured = [c.intent_id for c in stubs.inputs("capture") if isinstance(c, CaptureInput)]
+    assert captured == ["pi_held"]  # the capture that was under way, and no other
+    assert voided(stubs) == ["pi_new"]
+
+
+async def test_a_resumed_payment_in_dunning_goes_on_from_its_soft_declines(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A resumed `retrying` payment started its dunning count from zero: three more
+    retries after two already made."""
+    stubs = StubActivities(
+        row=resumed_row(PaymentStatus.RETRYING, "pi_declined", dunning_attempts=2),
+        authorize_errors=[declined("insufficient_funds")] * 5,
+    )
+    payment = payment_input(BillingPolicy(dunning_schedule=DUNNING))
+    async with worker(env, task_queue, stubs):
+        result = await (await start(env, task_queue, payment)).result()
+    assert (result.status, result.failure_code) == (PaymentStatus.FAILED, "insufficient_funds")
+    assert len(stubs.inputs("authorize")) == 2  # now, and after the schedule's last step
+    first, last = stubs.when("authorize")
+    assert last - first >= DUNNING[2] - DUNNING[1]

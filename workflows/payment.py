@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         void_key,
     )
     from billing.models import (
+        AttentionRecorded,
         Authorization,
         AuthorizeInput,
         BeginAttemptInput,
@@ -96,6 +97,12 @@ LOCAL_RETRY_THRESHOLD = timedelta(seconds=10)
 # ledger write by generation, treat a Temporal cancellation as `cancel`, and end an
 # unexpected error `needs_attention`. Without the marker they run the path above unchanged.
 EXACTLY_ONCE = "exactly-once-per-period"
+# Payments started under this patch (besides EXACTLY_ONCE) resume from what their row records:
+# converging keeps the recorded authorization when it is still capturable, capture counts as
+# begun only on that authorization and no longer once an expired one was re-authorized, a
+# held row adopting another authorization begins a new generation, and dunning goes on from
+# the row's count of soft declines. Without the marker a resumed run behaves as before.
+RESUME_AS_RECORDED = "resume-as-recorded"
 # How far before the period (or the run, if earlier) converging looks for its charges.
 PERIOD_LOOKBACK = timedelta(days=35)
 # Failures of authorize after which Stripe may hold an authorization the workflow never saw.
@@ -154,6 +161,7 @@ class PaymentWorkflow:
         self._result: PaymentResult | None = None
         self._local_ledger = False  # set by run(): see LOCAL_LEDGER_WRITES
         self._exactly_once = False  # set by run(): see EXACTLY_ONCE
+        self._as_recorded = False  # set by run(): see RESUME_AS_RECORDED
         self._stored_method = input.payment_method_id  # the customer's card as last read
 
     @workflow.query(name="current_step")
@@ -191,6 +199,7 @@ class PaymentWorkflow:
     async def run(self, input: PaymentInput) -> PaymentResult:
         self._local_ledger = workflow.patched(LOCAL_LEDGER_WRITES)
         self._exactly_once = workflow.patched(EXACTLY_ONCE)
+        self._as_recorded = self._exactly_once and workflow.patched(RESUME_AS_RECORDED)
         started_with_attributes = workflow.info().typed_search_attributes.get(BILLING_PERIOD)
         if not (self._local_ledger and started_with_attributes):
             starting = starting_search_attributes(input.billing_period, input.customer_id)
@@ -234,7 +243,23 @@ class PaymentWorkflow:
         except (ActivityError, ApplicationError) as err:
             if _failure_type(err) == ErrorType.UNKNOWN_PAYMENT:
                 return self._row_lost()
+            if _failure_type(err) == ErrorType.FENCED:
+                return self._fenced(err)
             return await self._needs_attention(err)
+
+    def _fenced(self, err: ActivityError | ApplicationError) -> PaymentResult:
+        """A newer generation owns the row (this run was overtaken, e.g. by a write a
+        terminated run's worker made late): this run neither captures nor ends the row, and
+        leaves Stripe alone. The row stays open; if no run holds it, `reconcile` reports it
+        stranded and `bill` resumes it from the row's generation."""
+        cause = err.cause if isinstance(err, ActivityError) and err.cause else err
+        workflow.logger.warning("a newer generation owns the payment: %s", cause)
+        return PaymentResult(
+            payment_id=self._input.payment_id,
+            status=PaymentStatus.NEEDS_ATTENTION,
+            failure_code=ErrorType.FENCED,
+            note=f"this run (generation {self._generation}) stopped without writing: {cause}",
+        )
 
     def _row_lost(self) -> PaymentResult:
         """The payment's row is gone (a restore from a backup, a truncated table). Stripe is
@@ -307,6 +332,8 @@ class PaymentWorkflow:
                 if expired and policy.reauthorize_expired and not reauthorized:
                     reauthorized = True
                     authorization = await self._new_generation("authorization_expired")
+                    # The new authorization's capture has not begun: a cancel now voids it.
+                    capture_begun = capture_begun and not self._as_recorded
                     continue
                 if not expired:  # an expired authorization holds nothing to void
                     self._step = "void"
@@ -351,7 +378,10 @@ class PaymentWorkflow:
             )
         self._generation = state.generation
         self._adopt_stored_method(state)
-        found = await self._converge()
+        if self._as_recorded:
+            self._dunning_attempts = state.dunning_attempts
+        found = await self._converge(prefer=state.intent_id if self._as_recorded else None)
+        recorded = isinstance(found, Authorization) and found.intent_id == state.intent_id
         if isinstance(found, Authorization) and state.status == PaymentStatus.RETRYING:
             await self._begin_generation("adopted_after_resume")
         held = state.status in (PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURING)
@@ -359,6 +389,12 @@ class PaymentWorkflow:
             # The recorded authorization is gone (voided or expired before the run that
             # held it closed): its key would only replay it. Authorize, if at all, anew.
             await self._begin_generation("resumed_without_hold")
+        elif self._as_recorded and held and isinstance(found, Authorization) and not recorded:
+            # Another live authorization than the one recorded: adopt it under a new
+            # generation (the row is bound to the recorded one).
+            await self._begin_generation("adopted_after_resume")
+        if self._as_recorded:  # capture began only on the authorization the row records
+            return found, state.status == PaymentStatus.CAPTURING and recorded
         return found, state.status == PaymentStatus.CAPTURING and found is not None
 
     async def _authorize(self) -> Authorization | ApplicationError:
@@ -469,9 +505,11 @@ class PaymentWorkflow:
         if state.payment_method_id != self._stored_method:
             self._stored_method = self._payment_method = state.payment_method_id
 
-    async def _converge(self) -> Converged:
+    async def _converge(self, *, prefer: str | None = None) -> Converged:
         """What Stripe holds for this payment: a capture of its (Stripe customer, period),
-        else its one capturable authorization (any other is voided), else None."""
+        else its one capturable authorization (any other is voided), else None. The one kept
+        is `prefer` (the authorization the row records) when it is capturable, else the
+        oldest."""
         self._step = "converge"
         if not self._exactly_once:
             return await self._find_authorization()
@@ -483,7 +521,10 @@ class PaymentWorkflow:
                 type=ErrorType.CHARGED_TWICE,
                 non_retryable=True,
             )
-        keep = held.capturable[0] if held.capturable and not held.captured else None
+        keep = None
+        if held.capturable and not held.captured:
+            recorded = [a for a in held.capturable if prefer and a.intent_id == prefer]
+            keep = recorded[0] if recorded else held.capturable[0]
         for extra in held.capturable:
             if extra != keep:
                 await self._void(extra.intent_id)
@@ -675,23 +716,43 @@ class PaymentWorkflow:
         message = str(cause)
         workflow.logger.warning("payment needs attention: %s: %s", reason, message)
         self._step = "release_holds"
-        held = await self._period_intents()
+        try:
+            held = await self._period_intents()
+        except ActivityError as list_err:  # e.g. Stripe no longer knows the customer
+            held = PeriodIntents()
+            message += f"; could not list the period's holds, none was voided: {list_err.cause}"
         for authorization in held.capturable:
             try:
                 await self._void(authorization.intent_id)
             except ActivityError as void_err:
                 message += f"; could not void {authorization.intent_id}: {void_err.cause}"
         self._step = "record_attention"
-        await self._move(
-            LedgerActivities.record_attention,
-            RecordAttentionInput(
+        try:
+            recorded: AttentionRecorded | None = await self._write(
+                LedgerActivities.record_attention,
+                RecordAttentionInput(
+                    payment_id=self._input.payment_id,
+                    reason=reason,
+                    message=message,
+                    generation=self._generation,
+                ),
+            )
+        except ActivityError as write_err:
+            if _failure_type(write_err) != ErrorType.FENCED:
+                raise
+            return self._fenced(write_err)
+        if recorded is not None and not recorded.recorded:
+            # The row had already ended (an operator's SQL, say): its status stands.
+            workflow.upsert_search_attributes([PAYMENT_STATUS.value_set(recorded.status)])
+            return PaymentResult(
                 payment_id=self._input.payment_id,
-                reason=reason,
-                message=message,
-                generation=self._generation,
-            ),
-            PaymentStatus.NEEDS_ATTENTION,
-        )
+                status=recorded.status,
+                stripe_payment_intent_id=recorded.intent_id,
+                failure_code=reason,
+                note=f"the ledger had already ended the payment {recorded.status}; "
+                f"needs_attention was not recorded over it: {message}",
+            )
+        workflow.upsert_search_attributes([PAYMENT_STATUS.value_set(PaymentStatus.NEEDS_ATTENTION)])
         return PaymentResult(
             payment_id=self._input.payment_id,
             status=PaymentStatus.NEEDS_ATTENTION,
@@ -726,10 +787,17 @@ class PaymentWorkflow:
         status: PaymentStatus,
     ) -> None:
         """Record a transition in the ledger, then show the new status in the Web UI."""
-        if self._local_ledger:
-            await self._ledger(activity, input)
-        else:
-            await workflow.execute_activity_method(
-                activity, input, start_to_close_timeout=LEDGER_TIMEOUT, retry_policy=LEDGER_RETRY
-            )
+        await self._write(activity, input)
         workflow.upsert_search_attributes([PAYMENT_STATUS.value_set(status)])
+
+    async def _write(
+        self,
+        activity: Callable[[LedgerActivities, LedgerInput], Awaitable[T]],
+        input: LedgerInput,
+    ) -> T:
+        """A ledger write: a local activity, or a regular one on the path of older payments."""
+        if self._local_ledger:
+            return await self._ledger(activity, input)
+        return await workflow.execute_activity_method(
+            activity, input, start_to_close_timeout=LEDGER_TIMEOUT, retry_policy=LEDGER_RETRY
+        )

@@ -33,6 +33,16 @@ async def test_list_by_customer_newest_first_with_limit_and_starting_after(
     assert rest.has_more is False
 
 
+async def test_list_by_an_unknown_customer_is_refused(client: stripe.StripeClient) -> None:
+    """As Stripe answers a filter naming a customer it does not have: 400 resource_missing."""
+    try:
+        await client.v1.payment_intents.list_async({"customer": "cus_gone"})
+    except stripe.InvalidRequestError as err:
+        assert (err.http_status, err.code, err.param) == (400, "resource_missing", "customer")
+    else:
+        raise AssertionError("listing an unknown customer's PaymentIntents was answered")
+
+
 async def test_list_default_limit_and_auto_paging_sync(client: stripe.StripeClient) -> None:
     ids = [(await authorized_intent(client, f"p{i}")).id for i in range(12)]
     page = await client.v1.payment_intents.list_async()
