@@ -81,12 +81,15 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
             args.task_queue, stripe_acts, LedgerActivities(pool), stripe_per_second(args)
         )
         activity_options = worker_options(args, ACTIVITY_OPTIONS)
+        local = (
+            [a for q in stripe_queues for a in q.activities] if "local-all" in args.variant else []
+        )
         workers = [
             Worker(
                 client,
                 task_queue=args.task_queue,
                 workflows=[PaymentWorkflow],
-                activities=payments.activities,
+                activities=payments.activities + local,  # local-all: Stripe calls run here
                 interceptors=[StripeQueues()],
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
                 **worker_options(args, WORKFLOW_OPTIONS + ACTIVITY_OPTIONS),
