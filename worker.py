@@ -3,12 +3,15 @@
 import asyncio
 import logging
 import signal
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities import all_activities
+from activities import QueueActivities, activities_by_queue
 from activities.billing_run_activities import BillingRunActivities
 from activities.ledger_activities import LedgerActivities
 from activities.stripe_activities import StripeActivities
@@ -18,8 +21,39 @@ from billing.stripe_client import make_stripe_client
 from temporal_ops import connect_temporal
 from workflows.billing_run import BillingRunWorkflow, MonthlyBillingWorkflow
 from workflows.payment import PaymentWorkflow
+from workflows.stripe_queues import StripeQueues
 
 log = logging.getLogger("billing.worker")
+GRACEFUL_SHUTDOWN = timedelta(seconds=10)
+
+
+def stripe_workers(
+    client: Client, queues: Sequence[QueueActivities], **options: Any
+) -> list[Worker]:
+    """One worker per Stripe queue. Its rate goes with every poll, and the Temporal server
+    enforces it for the whole queue, however many workers poll it."""
+    return [
+        Worker(
+            client,
+            task_queue=queue.task_queue,
+            activities=queue.activities,
+            max_task_queue_activities_per_second=queue.per_second,
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+            **options,
+        )
+        for queue in queues
+    ]
+
+
+@asynccontextmanager
+async def serving(workers: Sequence[Worker]) -> AsyncIterator[None]:
+    """Run `workers` together. On exit all shut down at once, as a single worker would: every
+    poll stops, and in-flight activities get their grace period in parallel."""
+    async with AsyncExitStack() as stack:
+        for each in workers:
+            await stack.enter_async_context(each)
+        stack.push_async_callback(lambda: asyncio.gather(*(w.shutdown() for w in workers)))
+        yield
 
 
 async def run_worker(
@@ -31,20 +65,25 @@ async def run_worker(
     pool = await open_pool(settings.resolved_database_url())
     try:
         await migrate(pool)
-        activities = all_activities(
+        payments, *stripe_queues = activities_by_queue(
+            settings.task_queue,
             StripeActivities(make_stripe_client(settings)),
             LedgerActivities(pool),
             BillingRunActivities(Ledger(pool), client),
+            settings.stripe_per_second(),
         )
         worker = Worker(
             client,
             task_queue=settings.task_queue,
             workflows=[PaymentWorkflow, BillingRunWorkflow, MonthlyBillingWorkflow],
-            activities=activities,
-            graceful_shutdown_timeout=timedelta(seconds=10),
+            activities=payments.activities,
+            interceptors=[StripeQueues()],
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         )
-        async with worker:
+        async with serving([worker, *stripe_workers(client, stripe_queues)]):
             log.info("worker polling task queue %r", settings.task_queue)
+            for queue in stripe_queues:
+                log.info("Stripe calls on %r at %g/s", queue.task_queue, queue.per_second)
             await stop.wait()
             log.info("shutting down")
     finally:

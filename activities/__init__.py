@@ -1,6 +1,15 @@
-"""The activities of the payment workflow and the billing run, listed once for every worker."""
+"""The activities of the payment workflow and the billing run, listed once for every worker,
+with the task queue each runs on.
 
-from collections.abc import Awaitable, Callable
+The ledger and billing-run activities run on the payments queue, next to the workflows. The
+Stripe activities run on one queue per Stripe endpoint they call, so that the Temporal server
+can hold each to Stripe's per-endpoint rate limit with `max_task_queue_activities_per_second`,
+across every worker that polls it. The queue names derive from the payments queue alone (see
+`stripe_task_queue`), so the workflow needs no input or setting to find them.
+"""
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from activities.ledger_activities import LedgerActivities
@@ -9,13 +18,19 @@ from activities.stripe_activities import StripeActivities
 if TYPE_CHECKING:  # it imports temporal_ops, which imports the payment workflow, which imports us
     from activities.billing_run_activities import BillingRunActivities
 
-STRIPE_ACTIVITIES = (
-    "authorize",
-    "capture",
-    "void",
-    "find_authorization",
-    "find_period_intents",
-)
+# Stripe endpoint class -> the activities that call it. Stripe limits each endpoint separately
+# (25 requests/s in live mode), so each class gets its own queue and its own rate.
+STRIPE_QUEUES: dict[str, tuple[str, ...]] = {
+    # POST /v1/payment_intents
+    "create": ("authorize",),
+    # POST /v1/payment_intents/{id}/capture and /cancel (two endpoints, each under this
+    # queue's rate; a read-back retrieve follows only an error or a cancel)
+    "capture": ("capture", "void"),
+    # GET /v1/payment_intents: the list before an authorization
+    "list": ("find_authorization", "find_period_intents"),
+}
+STRIPE_ACTIVITIES = tuple(name for names in STRIPE_QUEUES.values() for name in names)
+STRIPE_QUEUE_OF = {name: kind for kind, names in STRIPE_QUEUES.items() for name in names}
 RUN_ACTIVITIES = ("launch_page", "period_counts")
 LEDGER_ACTIVITIES = (
     "read_payment",
@@ -30,13 +45,45 @@ LEDGER_ACTIVITIES = (
     "record_attention",
 )
 
+Activity = Callable[..., Awaitable[Any]]
 
-def all_activities(
-    stripe: StripeActivities, ledger: LedgerActivities, run: "BillingRunActivities"
-) -> list[Callable[..., Awaitable[Any]]]:
-    """Every activity the workflows may call, bound to their clients."""
-    return (
-        [getattr(stripe, n) for n in STRIPE_ACTIVITIES]
-        + [getattr(ledger, n) for n in LEDGER_ACTIVITIES]
-        + [getattr(run, n) for n in RUN_ACTIVITIES]
+
+def stripe_task_queue(task_queue: str, kind: str) -> str:
+    """The queue of one Stripe endpoint class, for workflows on `task_queue`."""
+    return f"{task_queue}-stripe-{kind}"
+
+
+@dataclass(frozen=True)
+class QueueActivities:
+    """One task queue's activities, and the server-side limit on their starts, if any."""
+
+    task_queue: str
+    activities: list[Activity]
+    per_second: float | None = None
+
+
+def activities_by_queue(
+    task_queue: str,
+    stripe: StripeActivities,
+    ledger: LedgerActivities,
+    run: "BillingRunActivities",
+    stripe_per_second: Mapping[str, float],
+) -> list[QueueActivities]:
+    """The payments queue's activities first, then one entry per Stripe endpoint class with
+    its rate from `stripe_per_second` (keyed like STRIPE_QUEUES)."""
+    if set(stripe_per_second) != set(STRIPE_QUEUES):
+        raise ValueError(
+            f"Stripe rates for {sorted(stripe_per_second)}, expected {sorted(STRIPE_QUEUES)}"
+        )
+    payments = QueueActivities(
+        task_queue,
+        [getattr(ledger, n) for n in LEDGER_ACTIVITIES] + [getattr(run, n) for n in RUN_ACTIVITIES],
     )
+    return [payments] + [
+        QueueActivities(
+            stripe_task_queue(task_queue, kind),
+            [getattr(stripe, n) for n in names],
+            stripe_per_second[kind],
+        )
+        for kind, names in STRIPE_QUEUES.items()
+    ]

@@ -4,6 +4,11 @@ count and resource usage as JSON to --stats-out.
 
     python -m bench.temporal_worker --address HOST:PORT --task-queue Q --database-url URL \
         --stripe-base URL [--max-concurrent-activities N] [--max-cached-workflows N] ...
+
+Like `worker.py`, it runs the workflows and ledger activities on Q and the Stripe activities on
+one queue per Stripe endpoint class (`activities.STRIPE_QUEUES`), each held by the server to
+its rate (`--stripe-create-per-second` and co., by default the settings' defaults). The worker
+options below apply to the workers that run the kind of task they are about.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import faulthandler
 import json
 import resource
 import signal
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,37 +27,41 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from activities import LEDGER_ACTIVITIES, STRIPE_ACTIVITIES
+from activities import STRIPE_QUEUES, activities_by_queue
+from activities.billing_run_activities import BillingRunActivities
 from activities.ledger_activities import LedgerActivities
 from activities.stripe_activities import StripeActivities
 from bench import variants
 from bench.pacing import stripe_client
 from bench.sqlcount import CountingConnection, counting_pool
-from billing.ledger import migrate
+from billing.ledger import Ledger, migrate
+from billing.settings import Settings
+from worker import GRACEFUL_SHUTDOWN, serving, stripe_workers
 from workflows.payment import PaymentWorkflow
+from workflows.stripe_queues import StripeQueues
+
+# Options for the payments queue's worker only, and for every worker that runs activities.
+WORKFLOW_OPTIONS = (
+    "max_concurrent_workflow_tasks",
+    "max_cached_workflows",
+    "max_task_queue_activities_per_second",
+)
+ACTIVITY_OPTIONS = ("max_concurrent_activities", "max_activities_per_second")
 
 
-def activity_methods(stripe_acts: StripeActivities, ledger_acts: LedgerActivities) -> list[Any]:
-    """Every activity the workflow may call, as far as this checkout defines them."""
-    found = [getattr(stripe_acts, n) for n in STRIPE_ACTIVITIES if hasattr(stripe_acts, n)]
-    return found + [getattr(ledger_acts, n) for n in LEDGER_ACTIVITIES if hasattr(ledger_acts, n)]
-
-
-def worker_options(args: argparse.Namespace) -> dict[str, Any]:
+def worker_options(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
     options: dict[str, Any] = {}
-    for name in (
-        "max_concurrent_activities",
-        "max_concurrent_workflow_tasks",
-        "max_cached_workflows",
-        "max_activities_per_second",
-        "max_task_queue_activities_per_second",
-    ):
+    for name in names:
         value = getattr(args, name)
         if value is not None:
             options[name] = value
-    if args.unsandboxed:
+    if args.unsandboxed and "max_cached_workflows" in names:
         options["workflow_runner"] = UnsandboxedWorkflowRunner()
     return options
+
+
+def stripe_per_second(args: argparse.Namespace) -> dict[str, float]:
+    return {kind: getattr(args, f"stripe_{kind}_per_second") for kind in STRIPE_QUEUES}
 
 
 async def serve(args: argparse.Namespace) -> dict[str, Any]:
@@ -70,16 +78,30 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
         stripe_acts = StripeActivities(
             stripe_client(args.stripe_base, pace_per_endpoint=args.pace_per_endpoint)
         )
-        ledger_acts = LedgerActivities(pool)
-        worker = Worker(
-            client,
-            task_queue=args.task_queue,
-            workflows=[PaymentWorkflow],
-            activities=activity_methods(stripe_acts, ledger_acts),
-            graceful_shutdown_timeout=timedelta(seconds=10),
-            **worker_options(args),
+        payments, *stripe_queues = activities_by_queue(
+            args.task_queue,
+            stripe_acts,
+            LedgerActivities(pool),
+            BillingRunActivities(Ledger(pool), client),
+            stripe_per_second(args),
         )
-        async with worker:
+        activity_options = worker_options(args, ACTIVITY_OPTIONS)
+        local = (
+            [a for q in stripe_queues for a in q.activities] if "local-all" in args.variant else []
+        )
+        workers = [
+            Worker(
+                client,
+                task_queue=args.task_queue,
+                workflows=[PaymentWorkflow],
+                activities=payments.activities + local,  # local-all: Stripe calls run here
+                interceptors=[StripeQueues()],
+                graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+                **worker_options(args, WORKFLOW_OPTIONS + ACTIVITY_OPTIONS),
+            ),
+            *stripe_workers(client, stripe_queues, **activity_options),
+        ]
+        async with serving(workers):
             CountingConnection.counter.statements = 0
             print("ready", flush=True)
             await stop.wait()
@@ -105,7 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-concurrent-workflow-tasks", type=int, default=None)
     parser.add_argument("--max-cached-workflows", type=int, default=None)
     parser.add_argument("--max-activities-per-second", type=float, default=None)
-    parser.add_argument("--max-task-queue-activities-per-second", type=float, default=None)
+    parser.add_argument(
+        "--max-task-queue-activities-per-second",
+        type=float,
+        default=None,
+        help="on the payments queue (ledger activities only); the Stripe queues have their own",
+    )
+    defaults = Settings().stripe_per_second()
+    for kind in STRIPE_QUEUES:
+        parser.add_argument(
+            f"--stripe-{kind}-per-second",
+            type=float,
+            default=defaults[kind],
+            help=f"the {kind} queue's server-side rate (default {defaults[kind]:g})",
+        )
     parser.add_argument(
         "--variant", action="append", default=[], choices=variants.VARIANTS, help="measure only"
     )

@@ -69,6 +69,20 @@ class Settings(BaseSettings):
     task_queue: str = Field(
         default=TASK_QUEUE, description="Temporal task queue shared by worker and starter."
     )
+    # Stripe's live mode allows 25 requests/s per endpoint and 100/s for the account. Each
+    # endpoint class has its own queue `<TASK_QUEUE>-stripe-<class>`, whose activity starts
+    # the Temporal server holds to this rate across all workers. A margin below 25 absorbs the
+    # engine's one-second burst plus the jitter between dispatch and the request reaching
+    # Stripe. The three together stay below the account's 100/s.
+    stripe_create_per_second: float = Field(
+        default=20.0, gt=0, description="Authorizations (PaymentIntent creates) started per second."
+    )
+    stripe_capture_per_second: float = Field(
+        default=20.0, gt=0, description="Captures and voids started per second."
+    )
+    stripe_list_per_second: float = Field(
+        default=20.0, gt=0, description="PaymentIntent lists (converging) started per second."
+    )
     data_dir: Path = Field(default=Path(".data"), description="Embedded stack state.")
     temporal_ui_url: str | None = Field(
         default=None, description="Temporal Web UI; unset means the embedded dev server's."
@@ -115,6 +129,15 @@ class Settings(BaseSettings):
             dunning_schedule=tuple(self.dunning_schedule),
             reauthorize_expired=self.reauthorize_expired,
         )
+
+    def stripe_per_second(self) -> dict[str, float]:
+        """Per Stripe endpoint class (activities.STRIPE_QUEUES), the activity starts allowed
+        per second."""
+        return {
+            "create": self.stripe_create_per_second,
+            "capture": self.stripe_capture_per_second,
+            "list": self.stripe_list_per_second,
+        }
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -9,6 +9,7 @@ from temporalio.worker import Replayer
 
 from tests.record_histories import cases
 from workflows.payment import PaymentWorkflow
+from workflows.stripe_queues import StripeQueues
 
 HISTORIES = {
     path.stem: path.read_text()
@@ -21,7 +22,14 @@ def test_histories_are_checked_in() -> None:
 
 
 @pytest.mark.parametrize("name", HISTORIES)
-async def test_history_replays(name: str) -> None:
+@pytest.mark.parametrize("stripe_queues", [False, True], ids=["one-queue", "stripe-queues"])
+async def test_history_replays(name: str, stripe_queues: bool) -> None:
+    """The histories were recorded with every activity on the workflow's queue; the workers
+    now schedule the Stripe calls on their own queues (StripeQueues), which replay ignores."""
     history = WorkflowHistory.from_json(name, HISTORIES[name])
-    replayer = Replayer(workflows=[PaymentWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[PaymentWorkflow],
+        data_converter=pydantic_data_converter,
+        interceptors=[StripeQueues()] if stripe_queues else [],
+    )
     await replayer.replay_workflow(history)
