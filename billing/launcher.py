@@ -16,6 +16,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from billing.constants import TERMINAL_STATUSES, starting_search_attributes, workflow_id
 from billing.ledger import Ledger
 from billing.models import BillingPolicy, PaymentInput, PaymentResult
+from billing.summaries import payment_details, payment_summary
 from billing.temporal_client import CANCEL_SIGNAL, cancel_was_requested
 from workflows.payment import PaymentWorkflow
 
@@ -83,6 +84,8 @@ async def launch_period(
                 payment.billing_period, payment.customer_id
             ),
             start_signal=CANCEL_SIGNAL if cancelled else None,
+            static_summary=payment_summary(payment),
+            static_details=payment_details(payment),
         )
 
     async def start(payment: PaymentInput) -> None:

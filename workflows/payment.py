@@ -63,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
         VoidInput,
     )
     from billing.period import period_start
+    from billing.summaries import amount_text, capture_window_summary, dunning_wait_summary
 
 NON_RETRYABLE = [t.value for t in ErrorType]
 LedgerInput = TypeVar("LedgerInput")
@@ -115,10 +116,13 @@ CONVERGE_LOOKBACK = timedelta(days=1)
 Converged = Authorization | Capture | None
 
 
-async def wait_until(condition: Callable[[], bool], *, at_most: timedelta) -> None:
-    """A durable timer that ends early when `condition` holds."""
+async def wait_until(
+    condition: Callable[[], bool], *, at_most: timedelta, summary: str | None = None
+) -> None:
+    """A durable timer that ends early when `condition` holds; `summary` names the timer in
+    the Web UI."""
     with suppress(TimeoutError):
-        await workflow.wait_condition(condition, timeout=at_most)
+        await workflow.wait_condition(condition, timeout=at_most, timeout_summary=summary)
 
 
 def business_failure(err: ActivityError) -> ApplicationError | None:
@@ -218,11 +222,13 @@ class PaymentWorkflow:
                 workflow.logger.info("cancellation requested: cancelling the payment")
                 self._cancel_requested = True
 
-    async def _wait_until(self, condition: Callable[[], bool], *, at_most: timedelta) -> None:
+    async def _wait_until(
+        self, condition: Callable[[], bool], *, at_most: timedelta, summary: str
+    ) -> None:
         """`wait_until`, where a Temporal cancellation request that ends the wait (as the SDK
         does when it applies an activation's jobs as one batch) means `cancel`."""
         try:
-            await wait_until(condition, at_most=at_most)
+            await wait_until(condition, at_most=at_most, summary=summary)
         except asyncio.CancelledError:
             if not self._exactly_once:
                 raise
@@ -289,7 +295,11 @@ class PaymentWorkflow:
 
             if not window_done:
                 self._step = "capture_window"
-                await self._wait_until(lambda: self._cancel_requested, at_most=policy.capture_delay)
+                await self._wait_until(
+                    lambda: self._cancel_requested,
+                    at_most=policy.capture_delay,
+                    summary=capture_window_summary(workflow.now(), policy.capture_delay),
+                )
                 window_done = True
             if self._cancel_requested and not capture_begun:
                 return await self._cancel(intent_id=intent_id)
@@ -381,6 +391,10 @@ class PaymentWorkflow:
                 ),
                 start_to_close_timeout=STRIPE_TIMEOUT,
                 retry_policy=STRIPE_RETRY,
+                summary=(
+                    f"authorize {amount_text(self._input.amount, self._input.currency)} "
+                    f"on {self._payment_method}"
+                ),
             )
         except ActivityError as err:
             failure = business_failure(err)
@@ -430,7 +444,9 @@ class PaymentWorkflow:
         wait = schedule[attempt] - (schedule[attempt - 1] if attempt else timedelta(0))
         self._step = "waiting_to_retry"
         await self._wait_until(
-            lambda: self._cancel_requested or self._payment_method_updated, at_most=wait
+            lambda: self._cancel_requested or self._payment_method_updated,
+            at_most=wait,
+            summary=dunning_wait_summary(attempt + 1, len(schedule), workflow.now(), wait),
         )
 
     async def _new_generation(self, reason: str) -> Converged:
@@ -501,6 +517,9 @@ class PaymentWorkflow:
             ),
             start_to_close_timeout=STRIPE_TIMEOUT,
             retry_policy=STRIPE_RETRY,
+            summary=(
+                f"find {self._input.billing_period} charges of {self._input.stripe_customer_id}"
+            ),
         )
 
     async def _find_authorization(self) -> Authorization | None:
@@ -514,6 +533,7 @@ class PaymentWorkflow:
             ),
             start_to_close_timeout=STRIPE_TIMEOUT,
             retry_policy=STRIPE_RETRY,
+            summary=f"find authorizations of {self._input.stripe_customer_id}",
         )
         return existing
 
@@ -530,6 +550,7 @@ class PaymentWorkflow:
                     ),
                     start_to_close_timeout=STRIPE_TIMEOUT,
                     retry_policy=STRIPE_RETRY,
+                    summary=f"capture {intent_id}" + (f" (new key {resend})" if resend else ""),
                 )
             except ActivityError as err:
                 failure = business_failure(err)
@@ -556,6 +577,7 @@ class PaymentWorkflow:
                     ),
                     start_to_close_timeout=STRIPE_TIMEOUT,
                     retry_policy=STRIPE_RETRY,
+                    summary=f"void {intent_id}" + (f" (new key {resend})" if resend else ""),
                 )
                 return
             except ActivityError as err:
@@ -639,12 +661,15 @@ class PaymentWorkflow:
             BeginCaptureInput(
                 payment_id=self._input.payment_id, intent_id=intent_id, generation=self._generation
             ),
+            summary=f"ledger: may {intent_id} be captured?",
         )
 
     async def _read_payment(self) -> PaymentState:
         self._step = "read_payment"
         return await self._ledger(
-            LedgerActivities.read_payment, ReadPaymentInput(payment_id=self._input.payment_id)
+            LedgerActivities.read_payment,
+            ReadPaymentInput(payment_id=self._input.payment_id),
+            summary="ledger: read the payment",
         )
 
     async def _yield_to_ledger(self, status: PaymentStatus, intent_id: str) -> PaymentResult:
@@ -707,6 +732,8 @@ class PaymentWorkflow:
         self,
         activity: Callable[[LedgerActivities, LedgerInput], Awaitable[T]],
         input: LedgerInput,
+        *,
+        summary: str,
     ) -> T:
         """A ledger read or write as a local activity. Retries further apart than
         LOCAL_RETRY_THRESHOLD wait on a durable timer, so a long database outage does not
@@ -717,6 +744,7 @@ class PaymentWorkflow:
             start_to_close_timeout=LEDGER_TIMEOUT,
             retry_policy=LEDGER_RETRY,
             local_retry_threshold=LOCAL_RETRY_THRESHOLD,
+            summary=summary,
         )
 
     async def _move(
@@ -726,10 +754,15 @@ class PaymentWorkflow:
         status: PaymentStatus,
     ) -> None:
         """Record a transition in the ledger, then show the new status in the Web UI."""
+        summary = f"ledger: {self._step.replace('_', ' ')} -> {status}"
         if self._local_ledger:
-            await self._ledger(activity, input)
+            await self._ledger(activity, input, summary=summary)
         else:
             await workflow.execute_activity_method(
-                activity, input, start_to_close_timeout=LEDGER_TIMEOUT, retry_policy=LEDGER_RETRY
+                activity,
+                input,
+                start_to_close_timeout=LEDGER_TIMEOUT,
+                retry_policy=LEDGER_RETRY,
+                summary=summary,
             )
         workflow.upsert_search_attributes([PAYMENT_STATUS.value_set(status)])
