@@ -51,9 +51,13 @@ def until_text(start: datetime, wait: timedelta) -> str:
 
 
 def capture_window_summary(start: datetime, wait: timedelta) -> str:
-    return f"capture window until {until_text(start, wait)}"
+    """`capture window 2h, until 14:00 UTC`."""
+    return f"capture window {format_duration(wait)}, until {until_text(start, wait)}"
 
 
 def dunning_wait_summary(retry: int, retries: int, start: datetime, wait: timedelta) -> str:
-    """`retry` counts from 1: `dunning retry 2 of 3 at 14:00 UTC`."""
-    return f"dunning retry {retry} of {retries} at {until_text(start, wait)}"
+    """`retry` counts from 1: `dunning retry 2 of 3 in 2d, at 2026-11-30 14:00 UTC`."""
+    return (
+        f"dunning retry {retry} of {retries} in {format_duration(wait)}, "
+        f"at {until_text(start, wait)}"
+    )

@@ -64,17 +64,14 @@ def test_the_details_say_what_the_payment_was_started_with() -> None:
     assert "**Capture window** none" in payment_details(payment())
 
 
-def test_timers_say_when_they_end() -> None:
+def test_timers_say_how_long_and_until_when() -> None:
     noon = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-    assert capture_window_summary(noon, timedelta(hours=2)) == "capture window until 14:00 UTC"
-    assert (
-        capture_window_summary(noon, timedelta(days=2))
-        == "capture window until 2026-11-30 12:00 UTC"
-    )
-    assert (
-        dunning_wait_summary(2, 3, noon, timedelta(minutes=30))
-        == "dunning retry 2 of 3 at 12:30 UTC"
-    )
+    window = capture_window_summary(noon, timedelta(hours=2))
+    assert window == "capture window 2h, until 14:00 UTC"
+    window = capture_window_summary(noon, timedelta(days=2))
+    assert window == "capture window 2d, until 2026-11-30 12:00 UTC"
+    dunning = dunning_wait_summary(2, 3, noon, timedelta(minutes=30))
+    assert dunning == "dunning retry 2 of 3 in 30m, at 12:30 UTC"
 
 
 def summaries(events: list[HistoryEvent], event_type: "EventType.ValueType") -> list[str]:
@@ -117,7 +114,7 @@ async def test_a_billed_payment_carries_its_summaries(
     assert any(s.startswith("authorize 12.00 USD on pm_") for s in activities), activities
     assert f"capture {paid.stripe_payment_intent_id}" in activities
     [window] = summaries(events, EventType.EVENT_TYPE_TIMER_STARTED)
-    assert window.startswith("capture window until ") and window.endswith(" UTC"), window
+    assert window.startswith("capture window 1s, until ") and window.endswith(" UTC"), window
     ledger_steps = summaries(events, EventType.EVENT_TYPE_MARKER_RECORDED)
     assert "ledger: read the payment" in ledger_steps
     assert "ledger: finalize -> succeeded" in ledger_steps
@@ -126,7 +123,7 @@ async def test_a_billed_payment_carries_its_summaries(
         e async for e in client.get_workflow_handle(workflow_id(declined.id)).fetch_history_events()
     ]
     [dunning] = summaries(declined_events, EventType.EVENT_TYPE_TIMER_STARTED)
-    assert dunning.startswith("dunning retry 1 of 1 at "), dunning
+    assert dunning.startswith("dunning retry 1 of 1 in 1s, at "), dunning
     assert "ledger: record failure -> failed" in summaries(
         declined_events, EventType.EVENT_TYPE_MARKER_RECORDED
     )
