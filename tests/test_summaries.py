@@ -116,14 +116,14 @@ async def test_a_billed_payment_carries_its_summaries(
     [window] = summaries(events, EventType.EVENT_TYPE_TIMER_STARTED)
     assert window.startswith("capture window 1s, until ") and window.endswith(" UTC"), window
     ledger_steps = summaries(events, EventType.EVENT_TYPE_MARKER_RECORDED)
-    assert "ledger: read the payment" in ledger_steps
-    assert "ledger: finalize -> succeeded" in ledger_steps
+    assert "ledger: read payment" in ledger_steps
+    assert "ledger: finalize" in ledger_steps
 
     declined_events = [
         e async for e in client.get_workflow_handle(workflow_id(declined.id)).fetch_history_events()
     ]
     [dunning] = summaries(declined_events, EventType.EVENT_TYPE_TIMER_STARTED)
     assert dunning.startswith("dunning retry 1 of 1 in 1s, at "), dunning
-    assert "ledger: record failure -> failed" in summaries(
+    assert "ledger: record failure" in summaries(
         declined_events, EventType.EVENT_TYPE_MARKER_RECORDED
     )

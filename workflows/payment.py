@@ -661,15 +661,12 @@ class PaymentWorkflow:
             BeginCaptureInput(
                 payment_id=self._input.payment_id, intent_id=intent_id, generation=self._generation
             ),
-            summary=f"ledger: may {intent_id} be captured?",
         )
 
     async def _read_payment(self) -> PaymentState:
         self._step = "read_payment"
         return await self._ledger(
-            LedgerActivities.read_payment,
-            ReadPaymentInput(payment_id=self._input.payment_id),
-            summary="ledger: read the payment",
+            LedgerActivities.read_payment, ReadPaymentInput(payment_id=self._input.payment_id)
         )
 
     async def _yield_to_ledger(self, status: PaymentStatus, intent_id: str) -> PaymentResult:
@@ -732,8 +729,6 @@ class PaymentWorkflow:
         self,
         activity: Callable[[LedgerActivities, LedgerInput], Awaitable[T]],
         input: LedgerInput,
-        *,
-        summary: str,
     ) -> T:
         """A ledger read or write as a local activity. Retries further apart than
         LOCAL_RETRY_THRESHOLD wait on a durable timer, so a long database outage does not
@@ -744,7 +739,7 @@ class PaymentWorkflow:
             start_to_close_timeout=LEDGER_TIMEOUT,
             retry_policy=LEDGER_RETRY,
             local_retry_threshold=LOCAL_RETRY_THRESHOLD,
-            summary=summary,
+            summary=f"ledger: {activity.__name__.replace('_', ' ')}",
         )
 
     async def _move(
@@ -754,15 +749,10 @@ class PaymentWorkflow:
         status: PaymentStatus,
     ) -> None:
         """Record a transition in the ledger, then show the new status in the Web UI."""
-        summary = f"ledger: {self._step.replace('_', ' ')} -> {status}"
         if self._local_ledger:
-            await self._ledger(activity, input, summary=summary)
+            await self._ledger(activity, input)
         else:
             await workflow.execute_activity_method(
-                activity,
-                input,
-                start_to_close_timeout=LEDGER_TIMEOUT,
-                retry_policy=LEDGER_RETRY,
-                summary=summary,
+                activity, input, start_to_close_timeout=LEDGER_TIMEOUT, retry_policy=LEDGER_RETRY
             )
         workflow.upsert_search_attributes([PAYMENT_STATUS.value_set(status)])
