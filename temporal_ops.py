@@ -57,6 +57,7 @@ from billing.models import (
     ScheduledBillingInput,
 )
 from billing.settings import Settings
+from billing.summaries import billing_run_summary, payment_details, payment_summary
 from workflows.payment import PaymentWorkflow
 
 CANCEL_SIGNAL = "cancel"
@@ -119,6 +120,8 @@ async def start_payment(
         ),
         search_attributes=starting_search_attributes(payment.billing_period, payment.customer_id),
         start_signal=CANCEL_SIGNAL if cancelled else None,
+        static_summary=payment_summary(payment),
+        static_details=payment_details(payment),
     )
 
 
@@ -311,6 +314,8 @@ async def cancel_with_start(
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         search_attributes=starting_search_attributes(payment.billing_period, payment.customer_id),
+        static_summary=payment_summary(payment),
+        static_details=payment_details(payment),
     )
     try:
         # By name: the SDK's typing of an async update handler does not fit this call.
@@ -354,6 +359,7 @@ async def start_billing_run(
             task_queue=task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             search_attributes=period_search_attributes(run.period),
+            static_summary=billing_run_summary(run.period),
         )
         return handle, True
     except WorkflowAlreadyStartedError:

@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         ScheduledBillingInput,
     )
     from billing.period import billed_period
+    from billing.summaries import billing_run_summary
 
 from workflows.payment import wait_until
 
@@ -216,6 +217,7 @@ class MonthlyBillingWorkflow:
                 # A failed or terminated run is billed again; a completed one is not.
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 search_attributes=period_search_attributes(period),
+                static_summary=billing_run_summary(period),
             )
         except WorkflowAlreadyStartedError:
             return f"{billing_run_id(period)} already exists; nothing new started"

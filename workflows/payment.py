@@ -64,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         VoidInput,
     )
     from billing.period import period_start
+    from billing.summaries import amount_text, capture_window_summary, dunning_wait_summary
 
 NON_RETRYABLE = [t.value for t in ErrorType]
 LedgerInput = TypeVar("LedgerInput")
@@ -122,10 +123,13 @@ CONVERGE_LOOKBACK = timedelta(days=1)
 Converged = Authorization | Capture | None
 
 
-async def wait_until(condition: Callable[[], bool], *, at_most: timedelta) -> None:
-    """A durable timer that ends early when `condition` holds."""
+async def wait_until(
+    condition: Callable[[], bool], *, at_most: timedelta, summary: str | None = None
+) -> None:
+    """A durable timer that ends early when `condition` holds; `summary` names the timer in
+    the Web UI."""
     with suppress(TimeoutError):
-        await workflow.wait_condition(condition, timeout=at_most)
+        await workflow.wait_condition(condition, timeout=at_most, timeout_summary=summary)
 
 
 def business_failure(err: ActivityError) -> ApplicationError | None:
@@ -227,11 +231,13 @@ class PaymentWorkflow:
                 workflow.logger.info("cancellation requested: cancelling the payment")
                 self._cancel_requested = True
 
-    async def _wait_until(self, condition: Callable[[], bool], *, at_most: timedelta) -> None:
+    async def _wait_until(
+        self, condition: Callable[[], bool], *, at_most: timedelta, summary: str
+    ) -> None:
         """`wait_until`, where a Temporal cancellation request that ends the wait (as the SDK
         does when it applies an activation's jobs as one batch) means `cancel`."""
         try:
-            await wait_until(condition, at_most=at_most)
+            await wait_until(condition, at_most=at_most, summary=summary)
         except asyncio.CancelledError:
             if not self._exactly_once:
                 raise
@@ -314,7 +320,11 @@ class PaymentWorkflow:
 
             if not window_done:
                 self._step = "capture_window"
-                await self._wait_until(lambda: self._cancel_requested, at_most=policy.capture_delay)
+                await self._wait_until(
+                    lambda: self._cancel_requested,
+                    at_most=policy.capture_delay,
+                    summary=capture_window_summary(workflow.now(), policy.capture_delay),
+                )
                 window_done = True
             if self._cancel_requested and not capture_begun:
                 return await self._cancel(intent_id=intent_id)
@@ -417,6 +427,10 @@ class PaymentWorkflow:
                 ),
                 start_to_close_timeout=STRIPE_TIMEOUT,
                 retry_policy=STRIPE_RETRY,
+                summary=(
+                    f"authorize {amount_text(self._input.amount, self._input.currency)} "
+                    f"on {self._payment_method}"
+                ),
             )
         except ActivityError as err:
             failure = business_failure(err)
@@ -466,7 +480,9 @@ class PaymentWorkflow:
         wait = schedule[attempt] - (schedule[attempt - 1] if attempt else timedelta(0))
         self._step = "waiting_to_retry"
         await self._wait_until(
-            lambda: self._cancel_requested or self._payment_method_updated, at_most=wait
+            lambda: self._cancel_requested or self._payment_method_updated,
+            at_most=wait,
+            summary=dunning_wait_summary(attempt + 1, len(schedule), workflow.now(), wait),
         )
 
     async def _new_generation(self, reason: str) -> Converged:
@@ -542,6 +558,9 @@ class PaymentWorkflow:
             ),
             start_to_close_timeout=STRIPE_TIMEOUT,
             retry_policy=STRIPE_RETRY,
+            summary=(
+                f"find {self._input.billing_period} charges of {self._input.stripe_customer_id}"
+            ),
         )
 
     async def _find_authorization(self) -> Authorization | None:
@@ -555,6 +574,7 @@ class PaymentWorkflow:
             ),
             start_to_close_timeout=STRIPE_TIMEOUT,
             retry_policy=STRIPE_RETRY,
+            summary=f"find authorizations of {self._input.stripe_customer_id}",
         )
         return existing
 
@@ -571,6 +591,7 @@ class PaymentWorkflow:
                     ),
                     start_to_close_timeout=STRIPE_TIMEOUT,
                     retry_policy=STRIPE_RETRY,
+                    summary=f"capture {intent_id}" + (f" (new key {resend})" if resend else ""),
                 )
             except ActivityError as err:
                 failure = business_failure(err)
@@ -597,6 +618,7 @@ class PaymentWorkflow:
                     ),
                     start_to_close_timeout=STRIPE_TIMEOUT,
                     retry_policy=STRIPE_RETRY,
+                    summary=f"void {intent_id}" + (f" (new key {resend})" if resend else ""),
                 )
                 return
             except ActivityError as err:
@@ -778,6 +800,7 @@ class PaymentWorkflow:
             start_to_close_timeout=LEDGER_TIMEOUT,
             retry_policy=LEDGER_RETRY,
             local_retry_threshold=LOCAL_RETRY_THRESHOLD,
+            summary=f"ledger: {activity.__name__.replace('_', ' ')}",
         )
 
     async def _move(
