@@ -1,6 +1,7 @@
 """The Web UI of the embedded dev server, read in a real browser (Debian's chromium, driven by
 Playwright), as a person reads it after `bill`: the period's list tells the declined payment
-from the paid one, and a payment's page says what it charges and what each step did.
+from the paid one and shows the billing run, a payment's page says what it charges and what
+each step did, and the run's page how the period ended.
 
 Screenshots go to .data/screenshots/web-ui/ (not committed). Skipped only without chromium.
 """
@@ -19,7 +20,7 @@ from playwright.async_api import Page, async_playwright, expect
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from billing.constants import workflow_id
+from billing.constants import billing_run_id, workflow_id
 from billing.ledger import Ledger
 from billing.settings import Settings
 from billing.stack.temporal import NAMESPACE, EmbeddedTemporal
@@ -112,7 +113,7 @@ async def test_the_web_ui_tells_a_declined_payment_from_a_paid_one(
             # The period's list: the declined payment reads "failed" in its own column.
             await page.goto(f"{ui}?query={quote(period_query)}")
             rows = page.get_by_test_id("workflows-summary-configurable-table-row")
-            await expect(rows).to_have_count(2)
+            await expect(rows).to_have_count(3)  # the two payments and their billing run
             await show_payment_status_column(page)
             headers = page.get_by_test_id("workflows-summary-table-header-cell-PaymentStatus")
             await expect(headers).to_be_visible()
@@ -150,6 +151,18 @@ async def test_the_web_ui_tells_a_declined_payment_from_a_paid_one(
                 page.get_by_text(f"capture {paid.stripe_payment_intent_id}")
             ).to_be_visible()
             await page.screenshot(path=SCREENSHOTS / "paid-payment.png", full_page=True)
+
+            # The billing run is listed with its period; its page says what it did.
+            await page.goto(f"{ui}?query={quote(period_query)}")
+            run_row = rows.filter(has_text=billing_run_id(PERIOD))
+            await expect(run_row).to_contain_text("BillingRunWorkflow")
+            await run_row.get_by_role("link", name=billing_run_id(PERIOD)).click()
+            await expect(page.get_by_text('"failed": 1').first).to_be_visible()
+            await expect(page.get_by_text('"succeeded": 1').first).to_be_visible()
+            await page.get_by_text("User Metadata", exact=True).click()
+            summary = page.frame_locator("#user-metadata-summary").locator("body")
+            await expect(summary).to_contain_text(f"Bill every active customer for {PERIOD}")
+            await page.screenshot(path=SCREENSHOTS / "billing-run.png", full_page=True)
         finally:
             await browser.close()
     done = time.monotonic()
