@@ -318,6 +318,9 @@ class BillingRunInput(Frozen):
     # When the counts have not moved for this long, the run launches every page again:
     # stranded payments (workflow terminated, row restored from a backup) are resumed.
     sweep_after: timedelta = timedelta(minutes=30)
+    # The payments' task queue; None: the run's own. The scale benchmark points it at a queue
+    # no worker polls, to time the launch alone.
+    payments_task_queue: str | None = None
     after_customer: str | None = None
     launched: LaunchCounts = LaunchCounts()
     launch_done: bool = False

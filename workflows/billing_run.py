@@ -158,7 +158,7 @@ class BillingRunWorkflow:
             policy=policy or self._input.policy,
             launch_rate=self._input.launch_rate,
             page_size=self._input.page_size,
-            task_queue=workflow.info().task_queue,
+            task_queue=self._input.payments_task_queue or workflow.info().task_queue,
             after_customer=after_customer,
         )
 
