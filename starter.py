@@ -39,7 +39,7 @@ from billing.constants import (
     workflow_id,
 )
 from billing.customers_csv import InvalidCsv, read_customers
-from billing.demo import DEMO_DUNNING, DEMO_WAIT, next_retry, seed_demo_customers
+from billing.demo import DEMO_DUNNING, DEMO_RUN_IDLE, DEMO_WAIT, next_retry, seed_demo_customers
 from billing.durations import InvalidDuration, check_capture_delay, parse_duration
 from billing.ledger import CustomerConflict, Ledger, ReconcileLedger, migrate, open_pool
 from billing.models import (
@@ -499,7 +499,7 @@ async def demo(svc: Services) -> None:
         "(`bill` follows DUNNING_SCHEDULE, 1, 3 and 5 days by default)"
     )
     policy = svc.settings.billing_policy().model_copy(update={"dunning_schedule": DEMO_DUNNING})
-    await bill(svc, period, wait=False, policy=policy)
+    await bill(svc, period, wait=False, policy=policy, idle_interval=DEMO_RUN_IDLE)
     still_open = await wait_until_ended(svc, period, DEMO_WAIT)
     await report(svc, period, as_json=False)
     failures = Counter(

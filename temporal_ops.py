@@ -196,30 +196,34 @@ async def launch_rows(
     on_progress: Callable[[LaunchCounts, int], None] = lambda _c, _n: None,
 ) -> LaunchCounts:
     """Start (or resume) the workflow of every row not final in the ledger, at most `rate` a
-    second. `on_progress` hears the counts so far and how many rows are done, in row order
-    as far as they are contiguous, so that a retry may skip them."""
-    counts = {name: 0 for name in LaunchCounts.model_fields}
+    second. `on_progress` hears how many leading rows are done (in row order, as far as they
+    are contiguous) and their counts, so that a retry may skip them and still add them up."""
     slots = asyncio.Semaphore(CONCURRENT_STARTS)
     pacer = Pacer(rate) if rate else None
-    done = [False] * len(rows)
+    outcomes: list[str | None] = [None] * len(rows)
+    prefix = {name: 0 for name in LaunchCounts.model_fields}
     contiguous = 0
 
     async def launch(index: int, row: BillableRow) -> None:
         nonlocal contiguous
         if row.status in TERMINAL_STATUSES:
-            counts["already_final"] += 1
+            outcomes[index] = "already_final"
         else:
             async with slots:
                 if pacer is not None:
                     await pacer.wait()
-                counts[await launch_or_resume(client, payment_input(row, policy), task_queue)] += 1
-        done[index] = True
-        while contiguous < len(rows) and done[contiguous]:
+                payment = payment_input(row, policy)
+                outcomes[index] = await launch_or_resume(client, payment, task_queue)
+        advanced = False
+        while contiguous < len(rows) and (outcome := outcomes[contiguous]) is not None:
+            prefix[outcome] += 1
             contiguous += 1
-        on_progress(LaunchCounts(**counts), contiguous)
+            advanced = True
+        if advanced:
+            on_progress(LaunchCounts(**prefix), contiguous)
 
     await asyncio.gather(*(launch(i, row) for i, row in enumerate(rows)))
-    return LaunchCounts(**counts)
+    return LaunchCounts(**prefix)
 
 
 async def launch_page(

@@ -22,6 +22,7 @@ differs from the ledger's succeeded total.
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -43,7 +44,7 @@ import stripe
 from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -58,6 +59,7 @@ from billing.stack.temporal import EmbeddedTemporal
 from billing.stripe_client import make_stripe_client
 from starter import execute
 from stripe_sandbox import FaultRule, Sandbox
+from temporal_ops import billing_run, run_progress
 
 ROOT = Path(__file__).resolve().parent.parent
 PERIOD = "2026-11"
@@ -278,6 +280,18 @@ TERMINATE = "terminate"
 REIMPORT = "re-import, email case changed"
 
 
+async def launched(client: Client, within_s: float = 300) -> None:
+    """Until the billing run has launched every payment: `bill` stops following it when no
+    worker answers its query (a worker process may still be starting)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(RPCError, WorkflowQueryFailedError):
+            if (await run_progress(billing_run(client, PERIOD))).phase != "launching":
+                return
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"the billing run did not launch within {within_s:g} s")
+
+
 async def open_ids(pool: asyncpg.Pool) -> set[str]:
     rows = await pool.fetch(PAYMENTS_WITH_CARDS, PERIOD)
     return {r["id"] for r in rows if PaymentStatus(r["status"]) not in TERMINAL_STATUSES}
@@ -381,13 +395,14 @@ class Soak:
             self.note(f"seeding {config.n} customers")
             cards = await seed(Ledger(pool), make_stripe_client(settings), config.n)
             add_faults(stack.sandbox, config)
+            # The billing run launches the payments from the worker, at its paced rate.
+            workers.start()
             billed = await execute(
                 ["bill", PERIOD, "--capture-after", config.capture_delay], settings, client
             )
             if billed != 0:
                 raise RuntimeError(f"bill failed with exit code {billed}")
-            # The first worker meets a backlog, as after an outage: a burst into the rate limit.
-            workers.start()
+            await launched(client)
             self.note("billed; chaos begins")
             neighbour = asyncio.create_task(self._neighbour(make_stripe_client(settings)))
             try:

@@ -26,6 +26,9 @@ DEMO_CURRENCIES = ("usd", "eur")
 DEMO_DUNNING = (timedelta(seconds=8), timedelta(seconds=16))
 # How long the demo waits for the payments to end before it reports.
 DEMO_WAIT = timedelta(seconds=40)
+# The demo's billing run reads its counts this often while only dunning retries remain, so
+# that it ends soon after them.
+DEMO_RUN_IDLE = timedelta(seconds=5)
 
 
 # Seeding is a burst of calls that Stripe's rate limit (25/s in test mode) may refuse.
