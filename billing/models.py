@@ -315,8 +315,9 @@ class BillingRunInput(Frozen):
     # payment waits for a dunning retry, this much less often.
     poll_interval: timedelta = timedelta(seconds=5)
     idle_interval: timedelta = timedelta(minutes=10)
-    # When the counts have not moved for this long, the run launches every page again:
-    # stranded payments (workflow terminated, row restored from a backup) are resumed.
+    # When the counts have not moved for this long while payments are under way (for a day
+    # while only dunning retries remain), the run launches every page again: stranded
+    # payments (workflow terminated, row restored from a backup) are resumed.
     sweep_after: timedelta = timedelta(minutes=30)
     # The payments' task queue; None: the run's own. The scale benchmark points it at a queue
     # no worker polls, to time the launch alone.

@@ -78,14 +78,16 @@ async def no_billing_run_left_running(request: pytest.FixtureRequest) -> AsyncIt
         yield
         return
     env: WorkflowEnvironment = request.getfixturevalue("temporal_env")
+    url = (
+        request.getfixturevalue("database_url") if "database_url" in request.fixturenames else None
+    )
     yield
     periods: list[str] = []
-    if "database_url" in request.fixturenames:
-        conn = await asyncpg.connect(request.getfixturevalue("database_url"))
+    if url is not None:
+        conn = await asyncpg.connect(url)
         with contextlib.suppress(asyncpg.UndefinedTableError):
-            periods = [
-                r[0] for r in await conn.fetch("SELECT DISTINCT billing_period FROM payments")
-            ]
+            rows = await conn.fetch("SELECT DISTINCT billing_period FROM payments")
+            periods = [row[0] for row in rows]
         await conn.close()
     for period in periods:
         with contextlib.suppress(RPCError):  # never started, or already closed

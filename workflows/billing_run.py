@@ -51,6 +51,8 @@ LAUNCH_RETRY = RetryPolicy(
 # its heartbeats said were done.
 LAUNCH_HEARTBEAT = timedelta(seconds=20)
 READ_TIMEOUT = timedelta(seconds=30)
+# While only dunning retries remain, counts that do not move for this long trigger a sweep.
+IDLE_SWEEP_AFTER = timedelta(days=1)
 # Continue as new past this many events even when the server does not suggest it yet.
 HISTORY_LIMIT = 5_000
 IN_FLIGHT = (PaymentStatus.PENDING, PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURING)
@@ -117,7 +119,7 @@ class BillingRunWorkflow:
     async def _wait_until_all_ended(self) -> None:
         last_seen, moved_at = None, workflow.now()
         while True:
-            if self._sweep_asked() or workflow.now() - moved_at >= self._input.sweep_after:
+            if self._sweep_asked() or workflow.now() - moved_at >= self._stale_after():
                 answered = self._sweeps_requested
                 await self._sweep()
                 self._sweeps_done, moved_at = answered, workflow.now()
@@ -131,6 +133,12 @@ class BillingRunWorkflow:
             await wait_until(self._sweep_asked, at_most=interval)
             if self._history_is_long() and not self._sweep_asked():
                 self._continue(after_customer=None, launch_done=True)
+
+    def _stale_after(self) -> timedelta:
+        """How long unmoving counts mean a payment may be stranded: `sweep_after` while
+        payments are under way, a day while only dunning retries (days apart) remain."""
+        busy = self._counts.count(*IN_FLIGHT) > 0
+        return self._input.sweep_after if busy else max(self._input.sweep_after, IDLE_SWEEP_AFTER)
 
     def _sweep_asked(self) -> bool:
         return self._sweeps_requested > self._sweeps_done
