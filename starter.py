@@ -5,7 +5,6 @@ Bad input gets a one-line error on stderr and exit code 2, with nothing written 
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
 from collections import Counter
@@ -24,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from temporalio.client import (
     Client,
+    WorkflowFailureError,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
@@ -73,10 +73,12 @@ from temporal_ops import (
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
-# `bill` reads the run's progress this often; `bill --wait` says after this long that no
-# worker answers.
+# `bill` reads the run's progress this often, and says after this long without an answer that
+# no worker answers (then `bill` returns; `bill --wait` waits on).
 FOLLOW_POLL_S = 0.5
-NO_WORKER_HINT_S = 10.0
+NO_WORKER_HINT_S = 6.0
+# A run that completes between `bill`'s start and its signal is followed by a new one.
+START_ATTEMPTS = 3
 NO_WORKER = (
     "no worker answers: the run launches the payments when one runs (`python worker.py`; "
     "`make up` starts one); follow it with `bill {period} --wait`"
@@ -153,23 +155,33 @@ async def bill(
     run = BillingRunInput(
         period=period,
         policy=policy or settings.billing_policy(capture_after),
-        launch_rate=settings.launch_rate,
+        launch_rate=settings.resolved_launch_rate(),
         poll_interval=settings.run_poll_interval,
         idle_interval=idle_interval or BillingRunInput.model_fields["idle_interval"].default,
     )
-    handle, started = await start_billing_run(client, run, settings.task_queue)
     asked: int | None = None  # how many sweeps the running run had been asked for before ours
-    if started:
-        out.print(f"started {handle.id}, launching at most {run.launch_rate:g} payments/s")
-    else:
-        asked = 0
-        with contextlib.suppress(RPCError, WorkflowQueryFailedError):  # no worker: see below
+    for _ in range(START_ATTEMPTS):
+        handle, started = await start_billing_run(client, run, settings.task_queue)
+        if started:
+            out.print(f"started {handle.id}, launching at most {run.launch_rate:g} payments/s")
+            break
+        try:
             asked = (await run_progress(handle)).sweeps_requested
-        await ask_to_sweep(handle, run.policy)
+        except (RPCError, WorkflowQueryFailedError):  # no worker now: the signal still counts
+            asked = None
+        try:
+            await ask_to_sweep(handle, run.policy)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                continue  # the run completed meanwhile: start the next one
+            raise CliError(f"could not reach {handle.id}: {err}") from err
         out.print(
             f"{handle.id} is already running; asked it to launch again now "
             "(missing rows made, stranded payments resumed)"
         )
+        break
+    else:
+        raise CliError(f"{billing_run_id(period)} kept completing as `bill` reached it; run again")
     progress = await follow_run(client, period, to_the_end=wait, sweeps_before=asked)
     if progress is None:
         return
@@ -185,8 +197,8 @@ async def follow_run(
     payment (and answered any sweep asked after the first `sweeps_before`) or, `to_the_end`,
     until it has completed. Interrupting leaves the run going.
 
-    The query needs a worker. Without one, following the launch returns None at once (the
-    run launches when a worker comes), and following to the end waits for one."""
+    The query needs a worker. When none answers for NO_WORKER_HINT_S, following the launch
+    returns None (the run launches when a worker comes); following to the end waits on."""
     handle = billing_run(client, period)  # the latest run: it continues as new
     result = asyncio.ensure_future(handle.result())
     loop = asyncio.get_running_loop()
@@ -199,13 +211,14 @@ async def follow_run(
             while not result.done():
                 try:
                     last = await run_progress(handle)
+                    if hint_at != float("inf"):  # silent until this long without an answer
+                        hint_at = loop.time() + NO_WORKER_HINT_S
                 except (RPCError, WorkflowQueryFailedError):
-                    if not to_the_end:
-                        err_console.print(NO_WORKER.format(period=period))
-                        return None
                     if loop.time() >= hint_at:
                         hint_at = float("inf")
                         err_console.print(NO_WORKER.format(period=period))
+                        if not to_the_end:
+                            return None
                 if last is not None:
                     total = last.counts.total or None
                     bar.update(launching, completed=last.launched.payments, total=total)
@@ -216,7 +229,13 @@ async def follow_run(
                     if launched and not to_the_end:
                         return last
                 await asyncio.wait([result], timeout=FOLLOW_POLL_S)
-            summary = result.result()
+            try:
+                summary = result.result()
+            except WorkflowFailureError as err:
+                raise CliError(
+                    f"{billing_run_id(period)} ended without a summary ({err.cause or err}); "
+                    f"`bill {period}` starts it again"
+                ) from err
             return RunProgress(
                 period=period,
                 phase="done",

@@ -72,6 +72,7 @@ SCHEDULE_ID = "billing-monthly"
 # How many payment starts are in flight at once; the launch rate paces them further.
 CONCURRENT_STARTS = 32
 QUERY_TIMEOUT = timedelta(seconds=3)
+FIRE_TIMEOUT = timedelta(hours=1)
 
 
 async def connect_temporal(settings: Settings) -> Client:
@@ -193,11 +194,12 @@ async def launch_rows(
     policy: BillingPolicy,
     task_queue: str,
     rate: float | None,
-    on_progress: Callable[[LaunchCounts, int], None] = lambda _c, _n: None,
+    on_progress: Callable[[LaunchCounts, str], None] = lambda _c, _id: None,
 ) -> LaunchCounts:
     """Start (or resume) the workflow of every row not final in the ledger, at most `rate` a
-    second. `on_progress` hears how many leading rows are done (in row order, as far as they
-    are contiguous) and their counts, so that a retry may skip them and still add them up."""
+    second (None or 0: unpaced). `on_progress` hears the counts of the leading rows done (in
+    row order, as far as they are contiguous) and the customer of the last of them, so that a
+    retry may skip them and still add them up."""
     slots = asyncio.Semaphore(CONCURRENT_STARTS)
     pacer = Pacer(rate) if rate else None
     outcomes: list[str | None] = [None] * len(rows)
@@ -220,7 +222,7 @@ async def launch_rows(
             contiguous += 1
             advanced = True
         if advanced:
-            on_progress(LaunchCounts(**prefix), contiguous)
+            on_progress(LaunchCounts(**prefix), rows[contiguous - 1].customer_id)
 
     await asyncio.gather(*(launch(i, row) for i, row in enumerate(rows)))
     return LaunchCounts(**prefix)
@@ -231,21 +233,24 @@ async def launch_page(
     client: Client,
     page: LaunchPageInput,
     *,
-    skip: int = 0,
-    on_progress: Callable[[LaunchCounts, int], None] = lambda _c, _n: None,
+    done_through: str | None = None,
+    on_progress: Callable[[LaunchCounts, str], None] = lambda _c, _id: None,
 ) -> LaunchPageResult:
-    """One page of a launch: the next active customers' rows, made first when missing. The
-    first `skip` rows were launched by an earlier attempt."""
+    """One page of a launch: the next active customers' rows, made first when missing (when
+    `page.create_rows`). Rows up to customer `done_through` were launched by an earlier
+    attempt; skipping by customer, not by position, holds when the page's rows changed
+    meanwhile (a customer deactivated or imported)."""
     created, last, rows = await ledger.create_page_payments(
-        page.period, page.after_customer, page.page_size
+        page.period, page.after_customer, page.page_size, create=page.create_rows
     )
+    todo = [r for r in rows if done_through is None or r.customer_id > done_through]
     counts = await launch_rows(
         client,
-        rows[skip:],
+        todo,
         policy=page.policy,
         task_queue=page.task_queue,
         rate=page.launch_rate,
-        on_progress=lambda c, n: on_progress(c + LaunchCounts(rows_created=created), skip + n),
+        on_progress=lambda c, through: on_progress(c + LaunchCounts(rows_created=created), through),
     )
     return LaunchPageResult(counts=counts + LaunchCounts(rows_created=created), last=last)
 
@@ -259,8 +264,9 @@ async def launch_period(
     *,
     rate: float | None = None,
 ) -> LaunchCounts:
-    """Launch every page of a period from this process; the billing run does the same from
-    the worker. The benchmark uses this to time launching apart from the run."""
+    """Launch every page of a period from this process, as the billing run does from the
+    worker. Only for the benchmark (which times launching apart from the run) and the tests
+    that need payments started while no worker runs."""
     total, after = LaunchCounts(), None
     while True:
         page = LaunchPageInput(
@@ -401,12 +407,16 @@ def monthly_schedule(settings: Settings, policy: BillingPolicy) -> Schedule:
             MONTHLY_BILLING,
             ScheduledBillingInput(
                 policy=policy,
-                launch_rate=settings.launch_rate,
+                launch_rate=settings.resolved_launch_rate(),
+                poll_interval=settings.run_poll_interval,
                 time_zone=settings.schedule_time_zone,
                 in_arrears=settings.bill_in_arrears,
             ),
             id=f"{SCHEDULE_ID}-fire",
             task_queue=settings.task_queue,
+            # A fire that cannot finish (its worker cannot run it) must not hold the overlap
+            # policy's SKIP against every later month.
+            execution_timeout=FIRE_TIMEOUT,
         ),
         spec=ScheduleSpec(
             calendars=[

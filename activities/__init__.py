@@ -29,7 +29,6 @@ STRIPE_QUEUES: dict[str, tuple[str, ...]] = {
     # GET /v1/payment_intents: the list before an authorization
     "list": ("find_authorization", "find_period_intents"),
 }
-STRIPE_ACTIVITIES = tuple(name for names in STRIPE_QUEUES.values() for name in names)
 STRIPE_QUEUE_OF = {name: kind for kind, names in STRIPE_QUEUES.items() for name in names}
 RUN_ACTIVITIES = ("launch_page", "period_counts")
 LEDGER_ACTIVITIES = (

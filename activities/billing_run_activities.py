@@ -15,17 +15,20 @@ class BillingRunActivities:
 
     @activity.defn(name="launch_page")
     async def launch_page(self, page: LaunchPageInput) -> LaunchPageResult:
-        """Launch one page, heartbeating the counts and how many rows are done, so that a
-        retry after a crash skips them and still adds them up."""
-        earlier, skip = LaunchCounts(), 0
+        """Launch one page, heartbeating the counts of the rows done and the customer of the
+        last, so that a retry after a crash skips them and still adds them up. (Heartbeats are
+        throttled: a retry may find a few more rows already launched.)"""
+        earlier, through = LaunchCounts(), None
         details = activity.info().heartbeat_details
         if details:
-            earlier, skip = LaunchCounts.model_validate(details[0]), int(details[1])
+            earlier, through = LaunchCounts.model_validate(details[0]), str(details[1])
 
-        def beat(counts: LaunchCounts, done: int) -> None:
-            activity.heartbeat(earlier + counts, done)
+        def beat(counts: LaunchCounts, last_done: str) -> None:
+            activity.heartbeat(earlier + counts, last_done)
 
-        result = await launch_page(self._ledger, self._client, page, skip=skip, on_progress=beat)
+        result = await launch_page(
+            self._ledger, self._client, page, done_through=through, on_progress=beat
+        )
         return result.model_copy(update={"counts": earlier + result.counts})
 
     @activity.defn(name="period_counts")

@@ -107,12 +107,12 @@ SELECT p.id::text AS payment_id, p.customer_id::text AS customer_id,
        p.stripe_customer_id, c.payment_method_id
 FROM payments p JOIN customers c ON c.id = p.customer_id"""
 
-PERIOD_BILLABLE_ROWS = f"{BILLABLE_ROWS} WHERE p.billing_period = $1 ORDER BY p.created_at, p.id"
-
-PAGE_BILLABLE_ROWS = (
-    f"{BILLABLE_ROWS} WHERE p.billing_period = $1 AND p.customer_id = ANY($2::uuid[]) "
-    "ORDER BY p.customer_id"
-)
+# A page's rows by its key range, so that a row whose customer has since been deactivated is
+# still launched (or resumed) by the page it falls in; the last page is open-ended.
+PAGE_BILLABLE_ROWS = f"""{BILLABLE_ROWS}
+WHERE p.billing_period = $1 AND ($2::uuid IS NULL OR p.customer_id > $2::uuid)
+  AND ($3::uuid IS NULL OR p.customer_id <= $3::uuid)
+ORDER BY p.customer_id"""
 
 ONE_BILLABLE_ROW = f"{BILLABLE_ROWS} WHERE p.id = $1::uuid"
 
@@ -267,10 +267,6 @@ class Ledger:
             if after is None:
                 return created
 
-    async def billable_rows(self, period: str) -> list[BillableRow]:
-        rows = await self._pool.fetch(PERIOD_BILLABLE_ROWS, period)
-        return [BillableRow(**dict(r)) for r in rows]
-
     async def billable_row(self, payment_id: str) -> BillableRow | None:
         try:
             row = await self._pool.fetchrow(ONE_BILLABLE_ROW, payment_id)
@@ -279,19 +275,20 @@ class Ledger:
         return None if row is None else BillableRow(**dict(row))
 
     async def create_page_payments(
-        self, period: str, after_customer: str | None, limit: int
+        self, period: str, after_customer: str | None, limit: int, *, create: bool = True
     ) -> tuple[int, str | None, list[BillableRow]]:
-        """Create the period's missing rows for the next `limit` active customers after
-        `after_customer` (in id order). Returns how many rows were new, the cursor of the
-        next page (None when this one was the last), and the page's rows, new or not."""
+        """The next page of the period: the next `limit` active customers after
+        `after_customer` (in id order), whose missing rows are created unless `create` is
+        false. Returns how many rows were new, the cursor of the next page (None when this
+        one was the last), and every row of the period in the page's key range."""
         async with self._pool.acquire() as conn, conn.transaction():
             ids = [r["id"] for r in await conn.fetch(ACTIVE_CUSTOMERS_PAGE, after_customer, limit)]
-            if not ids:
-                return 0, None, []
-            status = await conn.execute(CREATE_PAGE_PAYMENTS, period, ids)
-            rows = await conn.fetch(PAGE_BILLABLE_ROWS, period, ids)
-        last = str(ids[-1]) if len(ids) == limit else None
-        return int(status.split()[-1]), last, [BillableRow(**dict(r)) for r in rows]
+            created = 0
+            if create and ids:
+                created = int((await conn.execute(CREATE_PAGE_PAYMENTS, period, ids)).split()[-1])
+            last = str(ids[-1]) if len(ids) == limit else None
+            rows = await conn.fetch(PAGE_BILLABLE_ROWS, period, after_customer, last)
+        return created, last, [BillableRow(**dict(r)) for r in rows]
 
     async def period_counts(self, period: str) -> PeriodCounts:
         by_status: dict[PaymentStatus, int] = {}

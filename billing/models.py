@@ -307,8 +307,9 @@ class BillingRunInput(Frozen):
 
     period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
     policy: BillingPolicy
-    # Payments started per second, so that the launch never bursts past Stripe's limit.
-    launch_rate: float = Field(default=25.0, gt=0)
+    # Payments started per second: the Stripe create queue's rate, so that started payments
+    # do not pile up behind it.
+    launch_rate: float = Field(default=20.0, gt=0)
     page_size: int = Field(default=1000, gt=0, le=1000)
     pages_per_run: int = Field(default=10, gt=0)
     # While payments are on their way, the run reads the ledger this often; while every open
@@ -326,7 +327,9 @@ class BillingRunInput(Frozen):
     launched: LaunchCounts = LaunchCounts()
     launch_done: bool = False
     runs: int = 1
+    sweeps_requested: int = 0
     sweeps_done: int = 0
+    sweep_policy: BillingPolicy | None = None
 
 
 class LaunchPageInput(Frozen):
@@ -336,6 +339,9 @@ class LaunchPageInput(Frozen):
     page_size: int
     task_queue: str  # the payments' own
     after_customer: str | None = None  # the page's keyset cursor
+    # False for the run's own sweeps: they resume, and never bill a customer who was not
+    # there when the period was launched (or `bill` last ran).
+    create_rows: bool = True
 
 
 class LaunchPageResult(Frozen):
@@ -369,7 +375,8 @@ class ScheduledBillingInput(Frozen):
     """What the monthly Schedule passes to each run it fires."""
 
     policy: BillingPolicy
-    launch_rate: float = Field(default=25.0, gt=0)
+    launch_rate: float = Field(default=20.0, gt=0)
+    poll_interval: timedelta = timedelta(seconds=5)
     time_zone: str = "UTC"
     # Bill the month before the fire time (in arrears), or the month of it.
     in_arrears: bool = True

@@ -45,10 +45,10 @@ class Settings(BaseSettings):
         default=True,
         description="Re-authorize once when an authorization expired before capture.",
     )
-    launch_rate: float = Field(
-        default=25.0,
+    launch_rate: float | None = Field(
+        default=None,
         gt=0,
-        description="Payments a billing run starts per second (Stripe's live create limit).",
+        description="Payments a billing run starts per second; unset: STRIPE_CREATE_PER_SECOND.",
     )
     run_poll_interval: timedelta = Field(
         default=timedelta(seconds=5),
@@ -138,6 +138,10 @@ class Settings(BaseSettings):
             "capture": self.stripe_capture_per_second,
             "list": self.stripe_list_per_second,
         }
+
+    def resolved_launch_rate(self) -> float:
+        """Starts at the Stripe create queue's rate: faster only piles payments up behind it."""
+        return self.launch_rate or self.stripe_create_per_second
 
     def resolved_database_url(self) -> str:
         if self.database_url:

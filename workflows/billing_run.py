@@ -4,8 +4,9 @@ wait until each has ended and return the period's summary.
 launch: page by page (keyset, at most 1,000 customers a page), an activity makes the page's
     rows and starts their PaymentWorkflows, paced at `launch_rate` a second;
 wait:   read the period's counts from the ledger, often while payments are on their way,
-    rarely while only dunning retries remain; sweep (launch every page again: missing rows
-    made, stranded payments resumed) when `bill` asks or when nothing moved for `sweep_after`;
+    rarely while only dunning retries remain; sweep (every page again: stranded payments
+    resumed, and missing rows made when `bill` asks) when `bill` asks, or when the counts have
+    not moved for `sweep_after` (a day while only dunning retries remain);
 end:    the counts by status and the amounts received.
 
 The run continues as new every `pages_per_run` pages, and when its history grows long, so
@@ -62,7 +63,8 @@ SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTi
 
 def launch_timeout(page: LaunchPageInput) -> timedelta:
     """A whole page at the paced rate, and room for the starts themselves."""
-    return timedelta(seconds=page.page_size / page.launch_rate) + timedelta(minutes=5)
+    paced = page.page_size / page.launch_rate if page.launch_rate else 0.0
+    return timedelta(seconds=paced) + timedelta(minutes=5)
 
 
 @workflow.defn(name="BillingRunWorkflow")
@@ -74,8 +76,9 @@ class BillingRunWorkflow:
         self._launched = input.launched
         self._counts = PeriodCounts()
         # `sweep` signals received, and how many of them a finished sweep has answered.
-        self._sweeps_requested = self._sweeps_done = input.sweeps_done
-        self._sweep_policy = input.policy
+        self._sweeps_requested = input.sweeps_requested
+        self._sweeps_done = input.sweeps_done
+        self._sweep_policy = input.sweep_policy or input.policy
 
     @workflow.query(name="progress")
     def progress(self) -> RunProgress:
@@ -119,9 +122,10 @@ class BillingRunWorkflow:
     async def _wait_until_all_ended(self) -> None:
         last_seen, moved_at = None, workflow.now()
         while True:
-            if self._sweep_asked() or workflow.now() - moved_at >= self._stale_after():
+            asked = self._sweep_asked()
+            if asked or workflow.now() - moved_at >= self._stale_after():
                 answered = self._sweeps_requested
-                await self._sweep()
+                await self._sweep(create_rows=asked)
                 self._sweeps_done, moved_at = answered, workflow.now()
             self._counts = await self._read_counts()
             if self._counts.count(*OPEN) == 0 and not self._sweep_asked():
@@ -143,12 +147,15 @@ class BillingRunWorkflow:
     def _sweep_asked(self) -> bool:
         return self._sweeps_requested > self._sweeps_done
 
-    async def _sweep(self) -> None:
-        """Every page again: make the rows that are missing, resume the payments whose
-        workflow closed while their row is open; running and final ones are left alone."""
+    async def _sweep(self, *, create_rows: bool) -> None:
+        """Every page again, unpaced (the Stripe queues' own limits hold): resume the payments
+        whose workflow closed while their row is open, leave running and final ones alone,
+        and, when `bill` asked (`create_rows`), make the rows that are missing."""
         after: str | None = None
         while True:
-            page = self._page(after_customer=after, policy=self._sweep_policy)
+            page = self._page(after_customer=after, policy=self._sweep_policy).model_copy(
+                update={"launch_rate": 0.0, "create_rows": create_rows}
+            )
             result = await self._launch_page(page)
             found = result.counts
             self._launched += LaunchCounts(
@@ -201,7 +208,9 @@ class BillingRunWorkflow:
                     "launch_done": launch_done,
                     "launched": self._launched,
                     "runs": self._input.runs + 1,
+                    "sweeps_requested": self._sweeps_requested,
                     "sweeps_done": self._sweeps_done,
+                    "sweep_policy": self._sweep_policy,
                 }
             )
         )
@@ -219,7 +228,12 @@ class MonthlyBillingWorkflow:
         try:
             await workflow.start_child_workflow(
                 BillingRunWorkflow.run,
-                BillingRunInput(period=period, policy=input.policy, launch_rate=input.launch_rate),
+                BillingRunInput(
+                    period=period,
+                    policy=input.policy,
+                    launch_rate=input.launch_rate,
+                    poll_interval=input.poll_interval,
+                ),
                 id=billing_run_id(period),
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,
                 # A failed or terminated run is billed again; a completed one is not.
