@@ -15,6 +15,7 @@ MonthlyBillingWorkflow starts the run for the month it bills.
 """
 
 from datetime import timedelta
+from itertools import pairwise
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey, WorkflowIDReusePolicy
@@ -132,11 +133,19 @@ class BillingRunWorkflow:
                 return
             if self._counts != last_seen:
                 last_seen, moved_at = self._counts, workflow.now()
-            busy = self._counts.count(*IN_FLIGHT) > 0
-            interval = self._input.poll_interval if busy else self._input.idle_interval
-            await wait_until(self._sweep_asked, at_most=interval)
+            await wait_until(self._sweep_asked, at_most=self._poll_interval())
             if self._history_is_long() and not self._sweep_asked():
                 self._continue(after_customer=None, launch_done=True)
+
+    def _poll_interval(self) -> timedelta:
+        """`poll_interval` while payments are under way; while only dunning retries remain,
+        `idle_interval`, but never longer than the shortest gap of the dunning schedule, so
+        that the run ends soon after the last retry."""
+        if self._counts.count(*IN_FLIGHT) > 0:
+            return self._input.poll_interval
+        schedule = (timedelta(0), *self._input.policy.dunning_schedule)
+        gaps = [later - earlier for earlier, later in pairwise(schedule)]
+        return min([self._input.idle_interval, *gaps])
 
     def _stale_after(self) -> timedelta:
         """How long unmoving counts mean a payment may be stranded: `sweep_after` while
