@@ -6,7 +6,7 @@ from typing import NoReturn
 
 import stripe
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from billing.constants import RATE_LIMITED, ErrorType
 from billing.models import (
@@ -64,8 +64,14 @@ def business_failure(err: stripe.StripeError, *, keyed: bool = True) -> Applicat
             message=err.user_message or str(err),
             intent_id=intent.id if intent else None,
         )
+        # Benign: a decline is the customer's card answering, not a fault. The SDK logs it at
+        # DEBUG, without the traceback of a failed activity; `fail_for` logs one INFO line.
         return ApplicationError(
-            decline.message, decline, type=ErrorType.CARD_DECLINED, non_retryable=True
+            decline.message,
+            decline,
+            type=ErrorType.CARD_DECLINED,
+            non_retryable=True,
+            category=ApplicationErrorCategory.BENIGN,
         )
     if isinstance(err, stripe.RateLimitError):
         return ApplicationError(
@@ -98,6 +104,8 @@ def fail_for(err: stripe.StripeError, *, keyed: bool = True) -> NoReturn:
     failure = business_failure(err, keyed=keyed)
     if failure is None:
         raise err
+    if failure.type == ErrorType.CARD_DECLINED:
+        activity.logger.info("card declined: %s", failure.message)
     raise failure from err
 
 
