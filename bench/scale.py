@@ -166,7 +166,8 @@ def commit() -> dict[str, Any]:
         )
         return result.stdout.strip()
 
-    return {"sha": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return {"sha": git("rev-parse", "HEAD") or None, "dirty": bool(changed)}
 
 
 async def seed(pool: asyncpg.Pool, n: int) -> float:
@@ -277,9 +278,12 @@ async def run_histories(client: Client, expected_runs: int) -> list[dict[str, An
         scheduled: dict[int, datetime] = {}
         pages: list[float] = []
         attempts = 0
+        event_types: dict[str, int] = {}
         completed_at: datetime | None = None
         for event in history.events:
             at = event.event_time.ToDatetime().replace(tzinfo=UTC)
+            name = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
+            event_types[name] = event_types.get(name, 0) + 1
             if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
                 scheduled[event.event_id] = at
             elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
@@ -289,7 +293,9 @@ async def run_histories(client: Client, expected_runs: int) -> list[dict[str, An
                 pages.append((at - scheduled[attributes.scheduled_event_id]).total_seconds())
                 completed_at = at
         first = history.events[0].event_time.ToDatetime().replace(tzinfo=UTC)
-        status = execution.status.name if execution.status else None
+        # Visibility may not show the termination yet; the run itself knows its status.
+        described = (await handle.describe()).status
+        status = described.name if described else None
         runs.append(
             {
                 "run_id": execution.run_id,
@@ -299,6 +305,7 @@ async def run_histories(client: Client, expected_runs: int) -> list[dict[str, An
                 "pages": len(pages),
                 "page_seconds": [round(p, 2) for p in pages],
                 "most_attempts_of_a_page": attempts,
+                "event_types": event_types,
                 "started_at": first.isoformat(),
                 "last_page_completed_at": completed_at.isoformat() if completed_at else None,
             }
