@@ -52,3 +52,10 @@ clean: down
 .PHONY: chaos
 chaos: venv
 	$(PY) -m bench.chaos $(if $(filter command line environment,$(origin N)),--n $(N))
+
+# Launching one period for N customers (default 10,000) through the billing run, payments on an
+# unpolled queue and no pacing: launch rate, histories, memory, table sizes;
+# writes bench/results/<date>-scale-<N>.json. `make scale N=100000`.
+.PHONY: scale
+scale: venv
+	$(PY) -m bench.scale $(if $(filter command line environment,$(origin N)),--n $(N))
