@@ -25,10 +25,10 @@ test: lint typecheck
 	$(PY) -m pytest
 
 up: venv
-	$(PY) -m billing.stack up
+	$(PY) -m local_stack up
 
 down: venv
-	$(PY) -m billing.stack down
+	$(PY) -m local_stack down
 
 demo: up
 	$(PY) starter.py demo

@@ -54,9 +54,9 @@ from billing.ledger import Ledger, ReconcileLedger, migrate, open_pool
 from billing.models import NewCustomer
 from billing.reconcile import reconcile
 from billing.settings import Settings
-from billing.stack.postgres import EmbeddedPostgres
-from billing.stack.temporal import EmbeddedTemporal
 from billing.stripe_client import make_stripe_client
+from local_stack.postgres import EmbeddedPostgres
+from local_stack.temporal import EmbeddedTemporal
 from starter import execute
 from stripe_sandbox import FaultRule, Sandbox
 from temporal_ops import billing_run, run_progress

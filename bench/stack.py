@@ -16,8 +16,8 @@ from typing import Any
 
 import aiohttp
 
-from billing.stack.postgres import EmbeddedPostgres
-from billing.stack.temporal import EmbeddedTemporal
+from local_stack.postgres import EmbeddedPostgres
+from local_stack.temporal import EmbeddedTemporal
 
 SANDBOX_START_TIMEOUT_S = 30.0
 SANDBOX_STOP_TIMEOUT_S = 10.0

@@ -20,8 +20,8 @@ from temporalio.testing import WorkflowEnvironment
 from billing.constants import SEARCH_ATTRIBUTES, billing_run_id
 from billing.ledger import migrate, open_pool
 from billing.settings import Settings
-from billing.stack.postgres import EmbeddedPostgres
-from billing.stack.temporal import start_local_environment, test_server_path
+from local_stack.postgres import EmbeddedPostgres
+from local_stack.temporal import start_local_environment, test_server_path
 from stripe_sandbox import Sandbox
 
 # One quick dunning retry, so that integration tests see a soft decline retried and fail.

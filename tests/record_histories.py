@@ -31,7 +31,7 @@ from billing.models import (
     PaymentState,
     PeriodIntents,
 )
-from billing.stack.temporal import start_local_environment
+from local_stack.temporal import start_local_environment
 from tests.stubs import StubActivities, business_error, declined, payment_input
 from workflows.payment import PaymentWorkflow
 

@@ -11,7 +11,7 @@ import pytest
 
 from billing.ledger import Ledger
 from billing.settings import Settings
-from billing.stack.ports import free_port
+from local_stack.ports import free_port
 from starter import execute
 
 ROOT = Path(__file__).resolve().parent.parent

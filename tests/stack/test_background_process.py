@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from billing.stack.processes import BackgroundProcess
+from local_stack.processes import BackgroundProcess
 
 GRACEFUL_CHILD = """
 import signal, sys, time

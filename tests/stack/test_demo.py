@@ -4,7 +4,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from billing.stack.ports import free_port
+from local_stack.ports import free_port
 from tests.stack.test_stack_cli import stack, stack_env
 from tests.support import ROOT
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from billing.stack.ports import port_accepts
-from billing.stack.postgres import EmbeddedPostgres, PostgresError
+from local_stack.ports import port_accepts
+from local_stack.postgres import EmbeddedPostgres, PostgresError
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from billing.constants import SEARCH_ATTRIBUTES
-from billing.stack.ports import port_accepts
-from billing.stack.temporal import (
+from local_stack.ports import port_accepts
+from local_stack.temporal import (
     START_ATTEMPTS,
     EmbeddedTemporal,
     PortTaken,

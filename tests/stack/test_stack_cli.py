@@ -1,11 +1,11 @@
-"""`python -m billing.stack up|status|down`, as `make up` and `make down` run it."""
+"""`python -m local_stack up|status|down`, as `make up` and `make down` run it."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from billing.stack.ports import free_port, port_accepts
+from local_stack.ports import free_port, port_accepts
 
 SERVICES = ("postgres", "temporal", "stripe-sandbox", "worker")
 SERVICE_VARIABLES = ("DATABASE_URL", "TEMPORAL_ADDRESS", "STRIPE_API_KEY", "STRIPE_API_BASE")
@@ -20,7 +20,7 @@ def stack_env(data_dir: Path, ports: dict[str, int]) -> dict[str, str]:
 
 def stack(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "billing.stack", command],
+        [sys.executable, "-m", "local_stack", command],
         env=env,
         capture_output=True,
         text=True,

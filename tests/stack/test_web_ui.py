@@ -23,8 +23,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from billing.constants import billing_run_id, workflow_id
 from billing.ledger import Ledger
 from billing.settings import Settings
-from billing.stack.temporal import NAMESPACE, EmbeddedTemporal
 from billing.stripe_client import make_stripe_client
+from local_stack.temporal import NAMESPACE, EmbeddedTemporal
 from starter import execute
 from tests.support import ROOT, add_customer, running_worker
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from temporalio.envconfig import ClientConfigProfile
 
 from billing.settings import Settings
-from billing.stack.ports import LOOPBACK, port_accepts, wait_until_closed
-from billing.stack.postgres import EmbeddedPostgres
-from billing.stack.processes import BackgroundProcess, log_tail
-from billing.stack.temporal import EmbeddedTemporal
+from local_stack.ports import LOOPBACK, port_accepts, wait_until_closed
+from local_stack.postgres import EmbeddedPostgres
+from local_stack.processes import BackgroundProcess, log_tail
+from local_stack.temporal import EmbeddedTemporal
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORKER_SCRIPT = PROJECT_ROOT / "worker.py"
 SANDBOX_READY_TIMEOUT_S = 30.0
 # The worker connects to Temporal and Postgres at start; if that fails it exits within this.

@@ -18,8 +18,8 @@ from typing import Literal
 
 import psutil
 
-from billing.stack.ports import LOOPBACK, free_port
-from billing.stack.processes import log_tail
+from local_stack.ports import LOOPBACK, free_port
+from local_stack.processes import log_tail
 
 SYSTEM_USER = "pgserver"
 SUPERUSER = "postgres"

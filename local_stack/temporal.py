@@ -19,8 +19,8 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from billing.constants import SEARCH_ATTRIBUTES
-from billing.stack.ports import LOOPBACK, free_port, port_accepts, wait_until_closed
-from billing.stack.processes import BackgroundProcess, log_tail
+from local_stack.ports import LOOPBACK, free_port, port_accepts, wait_until_closed
+from local_stack.processes import BackgroundProcess, log_tail
 
 NAMESPACE = "default"
 LOG_LEVEL = "warn"

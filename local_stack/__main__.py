@@ -1,17 +1,17 @@
-"""`python -m billing.stack up|down|status`: the embedded stack behind `make up` and `make down`."""
+"""`python -m local_stack up|down|status`: the embedded stack behind `make up` and `make down`."""
 
 import argparse
 import sys
 
 from billing.settings import Settings
-from billing.stack.postgres import PostgresError
-from billing.stack.services import EmbeddedStack, StackError
-from billing.stack.temporal import TemporalError
+from local_stack.postgres import PostgresError
+from local_stack.services import EmbeddedStack, StackError
+from local_stack.temporal import TemporalError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m billing.stack",
+        prog="python -m local_stack",
         description="Run PostgreSQL, Temporal, the Stripe sandbox and a worker in the background.",
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -1,11 +1,11 @@
 """The embedded stack: real PostgreSQL and Temporal from wheels, plus background processes.
 
-See `python -m billing.stack --help`; tests use the classes directly.
+See `python -m local_stack --help`; tests use the classes directly.
 """
 
-from billing.stack.postgres import EmbeddedPostgres, PostgresError
-from billing.stack.processes import BackgroundProcess
-from billing.stack.temporal import (
+from local_stack.postgres import EmbeddedPostgres, PostgresError
+from local_stack.processes import BackgroundProcess
+from local_stack.temporal import (
     EmbeddedTemporal,
     TemporalError,
     dev_server_args,
