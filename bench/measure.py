@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import platform
 import re
+import subprocess
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -84,6 +86,9 @@ def first_authorize_arrivals(log_path: Path) -> dict[str, float]:
     return arrivals
 
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
 def machine() -> dict[str, object]:
     model = "unknown"
     try:
@@ -100,6 +105,19 @@ def machine() -> dict[str, object]:
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
     }
+
+
+def commit() -> dict[str, Any]:
+    """The commit measured, and whether the tracked files differed from it."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False
+        )
+        return result.stdout.strip()
+
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return {"sha": git("rev-parse", "HEAD") or None, "dirty": bool(changed)}
 
 
 def mean(values: Iterable[float]) -> float:

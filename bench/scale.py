@@ -40,7 +40,7 @@ from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
-from bench.measure import cpu_seconds, machine, peak_rss_mb, tree_cpu_seconds
+from bench.measure import commit, cpu_seconds, machine, peak_rss_mb, tree_cpu_seconds
 from bench.stack import BenchStack
 from billing.constants import billing_run_id
 from billing.ledger import migrate, open_pool
@@ -157,17 +157,6 @@ def process_rss_mb(pid: int | None) -> float | None:
         return float(psutil.Process(pid).memory_info().rss) / MB
     except psutil.NoSuchProcess:
         return None
-
-
-def commit() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        result = subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-        )
-        return result.stdout.strip()
-
-    changed = git("status", "--porcelain", "--untracked-files=no")
-    return {"sha": git("rev-parse", "HEAD") or None, "dirty": bool(changed)}
 
 
 async def seed(pool: asyncpg.Pool, n: int) -> float:

@@ -17,6 +17,8 @@ REQUIRED = {
     "worker_cpu_seconds",
     "worker_peak_rss_mb",
     "sql_statements_per_payment",
+    "cpu_ms_per_payment",
+    "payments_per_cpu_second",
     "machine",
 }
 
@@ -43,7 +45,9 @@ def test_ten_payments_each_way(tmp_path: Path) -> None:
         timeout=120,
         capture_output=True,
     )
-    runs = json.loads(out.read_text())["runs"]
+    results = json.loads(out.read_text())
+    assert len(results["commit"]["sha"]) == 40
+    runs = results["runs"]
     assert [(r["system"], r["stripe_limits"]) for r in runs] == [
         ("temporal", "off"),
         ("hand-rolled", "off"),
@@ -52,6 +56,8 @@ def test_ten_payments_each_way(tmp_path: Path) -> None:
         assert run.keys() >= REQUIRED
         assert run["n"] == run["completed"] == run["succeeded"] == 10
         assert run["payments_per_second"] > 0
+        assert run["cpu_ms_per_payment"] > run["worker_cpu_ms_per_payment"] > 0
+        assert run["payments_per_cpu_second"] > 0
         assert run["machine"]["cores"] >= 1
     assert runs[0]["history_events_per_payment"] > 0
     assert runs[1]["history_events_per_payment"] is None
