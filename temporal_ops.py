@@ -30,11 +30,11 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
+from billing.codec import data_converter
 from billing.constants import (
     TERMINAL_STATUSES,
     CancelOutcome,
@@ -77,10 +77,11 @@ FIRE_TIMEOUT = timedelta(hours=1)
 
 async def connect_temporal(settings: Settings) -> Client:
     """TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY and TLS come from envconfig;
-    without an address, the embedded dev server serves."""
+    without an address, the embedded dev server serves. Payloads are encrypted when
+    BILLING_CODEC_KEYS is set."""
     config = ClientConfigProfile.load().to_client_connect_config()
     config.setdefault("target_host", settings.embedded_temporal_address())
-    return await Client.connect(**config, data_converter=pydantic_data_converter)
+    return await Client.connect(**config, data_converter=data_converter(settings))
 
 
 # ----- one payment's workflow ---------------------------------------------------------------

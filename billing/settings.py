@@ -3,11 +3,13 @@
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from billing.codec import CodecKey, parse_codec_keys
 from billing.constants import TASK_QUEUE
 from billing.durations import check_capture_delay, check_dunning_schedule, parse_duration
 from billing.models import BillingPolicy
@@ -18,7 +20,8 @@ SANDBOX_API_KEY = "sk_test_sandbox"
 class Settings(BaseSettings):
     """Unset service variables fall back to the embedded stack that `make up` runs."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+    # An error never echoes the value: it may be a secret (a Stripe key, a codec key).
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", hide_input_in_errors=True)
 
     database_url: str | None = Field(
         default=None, description="PostgreSQL URL; unset means the embedded server."
@@ -87,6 +90,19 @@ class Settings(BaseSettings):
     temporal_ui_url: str | None = Field(
         default=None, description="Temporal Web UI; unset means the embedded dev server's."
     )
+    billing_codec_keys: SecretStr | None = Field(
+        default=None,
+        description="Payload encryption keys, `id:<base64 32 bytes>,…`; the first encrypts.",
+    )
+    codec_server_host: str = Field(default="127.0.0.1", description="Codec server address.")
+    codec_server_port: int = Field(default=8089, ge=1, le=65535, description="Codec server port.")
+    codec_server_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Web UI origins the codec server answers; unset: TEMPORAL_UI_URL's.",
+    )
+    codec_server_token: SecretStr | None = Field(
+        default=None, description="Bearer token the codec server requires; unset: none."
+    )
     embedded_postgres_port: int = 55432
     embedded_temporal_port: int = 7233
     embedded_temporal_ui_port: int = 8233
@@ -99,6 +115,20 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as err:
             raise ValueError(f"unknown time zone {value!r}; use an IANA name like UTC") from err
+        return value
+
+    @field_validator("billing_codec_keys")
+    @classmethod
+    def _check_codec_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_codec_keys(value.get_secret_value())
+        return value
+
+    @field_validator("codec_server_cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
         return value
 
     @field_validator("capture_delay", "run_poll_interval", "schedule_catchup", mode="before")
@@ -160,6 +190,22 @@ class Settings(BaseSettings):
         if self.stripe_api_key is None:
             return f"http://127.0.0.1:{self.sandbox_port}"
         return None
+
+    def codec_keys(self) -> tuple[CodecKey, ...]:
+        """The payload codec's keys, first one encrypting; empty: payloads stay plain."""
+        if self.billing_codec_keys is None:
+            return ()
+        return parse_codec_keys(self.billing_codec_keys.get_secret_value())
+
+    def resolved_codec_cors_origins(self) -> list[str]:
+        """Origins whose pages may call the codec server: by default the Web UI's."""
+        if self.codec_server_cors_origins:
+            return self.codec_server_cors_origins
+        parts = urlsplit(self.resolved_temporal_ui_url())
+        return [f"{parts.scheme}://{parts.netloc}"]
+
+    def codec_server_url(self) -> str:
+        return f"http://{self.codec_server_host}:{self.codec_server_port}"
 
     def resolved_temporal_ui_url(self) -> str:
         return self.temporal_ui_url or f"http://127.0.0.1:{self.embedded_temporal_ui_port}"
