@@ -1,7 +1,9 @@
 """The whole embedded stack of `make up`: PostgreSQL, Temporal, the Stripe sandbox and a worker.
 
 Each service runs only where its setting is unset (DATABASE_URL, Temporal's envconfig address,
-STRIPE_API_KEY); the worker always runs. State, pids and logs live under `settings.data_dir`.
+STRIPE_API_KEY); the worker always runs. With BILLING_CODEC_KEYS set, the codec server runs
+too, and the dev server's Web UI decodes payloads through it. State, pids and logs live under
+`settings.data_dir`.
 """
 
 import sys
@@ -20,7 +22,7 @@ from local_stack.temporal import EmbeddedTemporal
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORKER_SCRIPT = PROJECT_ROOT / "worker.py"
-SANDBOX_READY_TIMEOUT_S = 30.0
+LISTEN_TIMEOUT_S = 30.0
 # The worker connects to Temporal and Postgres at start; if that fails it exits within this.
 WORKER_SETTLE_S = 2.0
 WORKER_STOP_TIMEOUT_S = 60.0
@@ -53,13 +55,24 @@ class EmbeddedStack:
         data_dir = settings.data_dir.absolute()
         self.data_dir = data_dir
         self.postgres = EmbeddedPostgres(data_dir / "postgres", settings.embedded_postgres_port)
+        self.encrypting = bool(settings.codec_keys())
         self.temporal = EmbeddedTemporal(
             data_dir / "temporal",
             settings.embedded_temporal_port,
             settings.embedded_temporal_ui_port,
             run_dir=data_dir,
+            extra_args=(
+                ("--ui-codec-endpoint", settings.codec_server_url()) if self.encrypting else ()
+            ),
         )
         python_env = {"PYTHONUNBUFFERED": "1"}
+        self.codec_server = BackgroundProcess(
+            "codec-server",
+            [sys.executable, "-m", "billing.codec_server"],
+            data_dir,
+            env=python_env,
+            cwd=Path.cwd(),
+        )
         self.sandbox = BackgroundProcess(
             "stripe-sandbox",
             [sys.executable, "-m", "stripe_sandbox", "--port", str(settings.sandbox_port)],
@@ -87,15 +100,21 @@ class EmbeddedStack:
         """Start whatever is not running yet, wait for each, and report one line per service."""
         if not self.postgres_external:
             self.postgres.start()
+        if self.encrypting:
+            self._start_listening(
+                self.codec_server, self.settings.codec_server_port, "the codec server"
+            )
         if not self.temporal_external:
             self.temporal.start()
         if not self.stripe_external:
-            self._start_sandbox()
+            self._start_listening(self.sandbox, self.settings.sandbox_port, "the Stripe sandbox")
         self._start_worker()
         for state in self.status():
             report(state.line())
         if not self.temporal_external:
             report(f"Temporal Web UI: {self.temporal.ui_url}")
+        if self.encrypting:
+            report(f"payloads encrypted; codec server {self.settings.codec_server_url()}")
 
     def down(self, report: Callable[[str], None] = print) -> None:
         """Stop the worker first (gracefully), then the services it used. Idempotent."""
@@ -103,6 +122,7 @@ class EmbeddedStack:
             ("worker", self.worker.is_alive(), lambda: self.worker.stop(WORKER_STOP_TIMEOUT_S)),
             ("stripe-sandbox", self.sandbox.is_alive(), self._stop_sandbox),
             ("temporal", self.temporal.is_running(), self.temporal.stop),
+            ("codec-server", self.codec_server.is_alive(), self.codec_server.stop),
             ("postgres", self.postgres.is_running(), self.postgres.stop),
         ]
         for name, running, stop in steps:
@@ -110,28 +130,31 @@ class EmbeddedStack:
             report(f"{name:<15} {'stopped' if running else 'was not running'}")
 
     def status(self) -> list[ServiceState]:
-        return [
+        states = [
             self._postgres_state(),
             self._temporal_state(),
             self._sandbox_state(),
             self._worker_state(),
         ]
+        if self.encrypting or self.codec_server.is_alive():
+            states.append(self._codec_server_state())
+        return states
 
-    def _start_sandbox(self) -> None:
-        port = self.settings.sandbox_port
-        if not self.sandbox.is_alive() and port_accepts(port):
-            raise StackError(f"port {port} for the Stripe sandbox is taken by another process")
-        self.sandbox.start()
-        deadline = time.monotonic() + SANDBOX_READY_TIMEOUT_S
+    def _start_listening(self, process: BackgroundProcess, port: int, what: str) -> None:
+        """Start `process` unless it runs, and wait until it listens on `port`."""
+        if not process.is_alive() and port_accepts(port):
+            raise StackError(f"port {port} for {what} is taken by another process")
+        process.start()
+        deadline = time.monotonic() + LISTEN_TIMEOUT_S
         while not port_accepts(port):
-            if not self.sandbox.is_alive():
-                raise StackError(self._died("the Stripe sandbox", self.sandbox))
+            if not process.is_alive():
+                raise StackError(self._died(what, process))
             if time.monotonic() >= deadline:
-                self.sandbox.stop()
+                process.stop()
                 raise StackError(
-                    f"the Stripe sandbox did not listen on port {port} within "
-                    f"{SANDBOX_READY_TIMEOUT_S:.0f}s; {self.sandbox.log_path} ends with:\n"
-                    f"{log_tail(self.sandbox.log_path)}"
+                    f"{what} did not listen on port {port} within "
+                    f"{LISTEN_TIMEOUT_S:.0f}s; {process.log_path} ends with:\n"
+                    f"{log_tail(process.log_path)}"
                 )
             time.sleep(0.1)
 
@@ -180,6 +203,12 @@ class EmbeddedStack:
             url = f"http://{LOOPBACK}:{self.settings.sandbox_port}"
             return ServiceState("stripe-sandbox", "running", f"{url} (pid {self.sandbox.pid})")
         return ServiceState("stripe-sandbox", "stopped", f"log in {self.sandbox.log_path}")
+
+    def _codec_server_state(self) -> ServiceState:
+        if self.codec_server.is_alive():
+            detail = f"{self.settings.codec_server_url()} (pid {self.codec_server.pid})"
+            return ServiceState("codec-server", "running", detail)
+        return ServiceState("codec-server", "stopped", f"log in {self.codec_server.log_path}")
 
     def _worker_state(self) -> ServiceState:
         if self.worker.is_alive():
