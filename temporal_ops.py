@@ -58,6 +58,7 @@ from billing.models import (
 )
 from billing.settings import Settings
 from billing.summaries import billing_run_summary, payment_details, payment_summary
+from billing.tracing import tracing_interceptors
 from workflows.payment import PaymentWorkflow
 
 CANCEL_SIGNAL = "cancel"
@@ -80,7 +81,11 @@ async def connect_temporal(settings: Settings) -> Client:
     without an address, the embedded dev server serves."""
     config = ClientConfigProfile.load().to_client_connect_config()
     config.setdefault("target_host", settings.embedded_temporal_address())
-    return await Client.connect(**config, data_converter=pydantic_data_converter)
+    return await Client.connect(
+        **config,
+        data_converter=pydantic_data_converter,
+        interceptors=tracing_interceptors(settings),
+    )
 
 
 # ----- one payment's workflow ---------------------------------------------------------------

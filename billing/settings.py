@@ -2,10 +2,10 @@
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from billing.constants import TASK_QUEUE
@@ -13,6 +13,7 @@ from billing.durations import check_capture_delay, check_dunning_schedule, parse
 from billing.models import BillingPolicy
 
 SANDBOX_API_KEY = "sk_test_sandbox"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(BaseSettings):
@@ -87,6 +88,19 @@ class Settings(BaseSettings):
     temporal_ui_url: str | None = Field(
         default=None, description="Temporal Web UI; unset means the embedded dev server's."
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as plain text, or one JSON object per line."
+    )
+    log_level: str = Field(
+        default="INFO", description="Lowest level logged: DEBUG, INFO, WARNING or ERROR."
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        description="OpenTelemetry collector (OTLP over HTTP); set, it turns tracing on.",
+    )
+    otel_service_name: str | None = Field(
+        default=None, description="Service name on the spans; unset: billing-worker or -starter."
+    )
     embedded_postgres_port: int = 55432
     embedded_temporal_port: int = 7233
     embedded_temporal_ui_port: int = 8233
@@ -100,6 +114,23 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError) as err:
             raise ValueError(f"unknown time zone {value!r}; use an IANA name like UTC") from err
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"unknown log level {value!r}; use one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+    @field_validator("otel_exporter_otlp_endpoint")
+    @classmethod
+    def _check_otlp_endpoint(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"{value!r} is not an http(s) URL; give the collector's OTLP/HTTP address, "
+                "e.g. http://127.0.0.1:4318"
+            )
+        return value or None
 
     @field_validator("capture_delay", "run_poll_interval", "schedule_catchup", mode="before")
     @classmethod
@@ -166,3 +197,10 @@ class Settings(BaseSettings):
 
     def embedded_temporal_address(self) -> str:
         return f"127.0.0.1:{self.embedded_temporal_port}"
+
+
+def describe_invalid(err: ValidationError) -> str:
+    """A settings error as one line naming the variable: `LOG_LEVEL: unknown log level …`."""
+    problem = err.errors()[0]
+    where = ".".join(str(part) for part in problem["loc"]).upper()
+    return f"{where}: {problem['msg']}"
