@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from temporalio import activity, workflow
 
@@ -73,15 +73,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def configure_logging(settings: Settings) -> None:
-    """Log to stderr at LOG_LEVEL, as LOG_FORMAT says. Replaces any handler set before."""
-    handler = logging.StreamHandler(sys.stderr)
+def log_handler(settings: Settings, stream: TextIO | None = None) -> logging.Handler:
+    """A handler writing to `stream` (stderr) in LOG_FORMAT."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
-    root = logging.getLogger()
-    for old in root.handlers[:]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(settings.log_level)
-    # The context goes into fields of its own, not onto the message.
+    return handler
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log to stderr at LOG_LEVEL, as LOG_FORMAT says, replacing any handler set before. The
+    Temporal context goes into fields of its own, not onto the message."""
+    logging.basicConfig(handlers=[log_handler(settings)], level=settings.log_level, force=True)
     workflow.logger.workflow_info_on_message = False
     activity.logger.activity_info_on_message = False
