@@ -106,7 +106,8 @@ def main() -> None:
     try:
         settings = Settings()
     except ValidationError as err:
-        sys.exit(f"error: {describe_invalid(err)}")
+        print(f"error: {describe_invalid(err)}", file=sys.stderr)
+        sys.exit(2)
     configure_logging(settings)
     start_tracing(settings, "billing-worker")
     asyncio.run(serve(settings))
