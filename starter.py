@@ -42,6 +42,7 @@ from billing.customers_csv import InvalidCsv, read_customers
 from billing.demo import DEMO_DUNNING, DEMO_RUN_IDLE, DEMO_WAIT, next_retry, seed_demo_customers
 from billing.durations import InvalidDuration, check_capture_delay, parse_duration
 from billing.ledger import CustomerConflict, Ledger, ReconcileLedger, migrate, open_pool
+from billing.logs import configure_logging
 from billing.models import (
     BillingPolicy,
     BillingRunInput,
@@ -53,8 +54,9 @@ from billing.models import (
 from billing.money import format_amount
 from billing.period import InvalidPeriod, billed_period, current_period, parse_period
 from billing.reconcile import Comparison, Kind, reconcile
-from billing.settings import Settings
+from billing.settings import Settings, describe_invalid
 from billing.stripe_client import make_stripe_client
+from billing.tracing import start_tracing, tracer
 from temporal_ops import (
     ask_to_sweep,
     billing_run,
@@ -679,7 +681,9 @@ async def dispatch(args: argparse.Namespace, settings: Settings, client: Client 
     async with services(settings, client) as svc:
         if args.command == "bill":
             assert period is not None
-            await bill(svc, period, wait=args.wait, capture_after=capture_delay)
+            # The root of the trace that follows each payment to its end (when tracing is on).
+            with tracer.start_as_current_span("bill", attributes={"billing.period": period}):
+                await bill(svc, period, wait=args.wait, capture_after=capture_delay)
         elif args.command == "cancel":
             outcome, step = await cancel(svc, args.payment_id, deadline_s=args.timeout)
             if outcome == CancelOutcome.REQUESTED:
@@ -717,14 +721,19 @@ async def execute(
     except (CliError, InvalidPeriod, InvalidDuration) as err:
         err_console.print(f"error: {err}", highlight=False, markup=False)
     except ValidationError as err:
-        problem = err.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"]).upper()
-        err_console.print(f"error: {where}: {problem['msg']}", highlight=False, markup=False)
+        err_console.print(f"error: {describe_invalid(err)}", highlight=False, markup=False)
     return EXIT_BAD_INPUT
 
 
 def main() -> None:
-    sys.exit(asyncio.run(execute()))
+    try:
+        settings = Settings()
+    except ValidationError as err:
+        err_console.print(f"error: {describe_invalid(err)}", highlight=False, markup=False)
+        sys.exit(EXIT_BAD_INPUT)
+    configure_logging(settings)
+    start_tracing(settings, "billing-starter")
+    sys.exit(asyncio.run(execute(settings=settings)))
 
 
 if __name__ == "__main__":

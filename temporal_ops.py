@@ -58,6 +58,7 @@ from billing.models import (
 )
 from billing.settings import Settings
 from billing.summaries import billing_run_summary, payment_details, payment_summary
+from billing.tracing import tracing_interceptors
 from workflows.payment import PaymentWorkflow
 
 CANCEL_SIGNAL = "cancel"
@@ -81,7 +82,11 @@ async def connect_temporal(settings: Settings) -> Client:
     BILLING_CODEC_KEYS is set."""
     config = ClientConfigProfile.load().to_client_connect_config()
     config.setdefault("target_host", settings.embedded_temporal_address())
-    return await Client.connect(**config, data_converter=data_converter(settings))
+    return await Client.connect(
+        **config,
+        data_converter=data_converter(settings),
+        interceptors=tracing_interceptors(settings),
+    )
 
 
 # ----- one payment's workflow ---------------------------------------------------------------

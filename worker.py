@@ -3,11 +3,13 @@
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -16,8 +18,10 @@ from activities.billing_run_activities import BillingRunActivities
 from activities.ledger_activities import LedgerActivities
 from activities.stripe_activities import StripeActivities
 from billing.ledger import Ledger, migrate, open_pool
-from billing.settings import Settings
+from billing.logs import configure_logging
+from billing.settings import Settings, describe_invalid
 from billing.stripe_client import make_stripe_client
+from billing.tracing import start_tracing
 from temporal_ops import connect_temporal
 from workflows.billing_run import BillingRunWorkflow, MonthlyBillingWorkflow
 from workflows.payment import PaymentWorkflow
@@ -90,17 +94,23 @@ async def run_worker(
         await pool.close()
 
 
-async def serve() -> None:
+async def serve(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await run_worker(stop)
+    await run_worker(stop, settings)
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(serve())
+    try:
+        settings = Settings()
+    except ValidationError as err:
+        print(f"error: {describe_invalid(err)}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging(settings)
+    start_tracing(settings, "billing-worker")
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

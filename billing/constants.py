@@ -112,8 +112,18 @@ class CancelOutcome(StrEnum):
     REQUESTED = "cancel requested"
 
 
+WORKFLOW_ID_PREFIX = "payment-"
+
+
 def workflow_id(payment_id: str) -> str:
-    return f"payment-{payment_id}"
+    return f"{WORKFLOW_ID_PREFIX}{payment_id}"
+
+
+def payment_id_of(workflow_id: str) -> str | None:
+    """The payment a workflow id names; None for a workflow that is not a payment's."""
+    if workflow_id.startswith(WORKFLOW_ID_PREFIX):
+        return workflow_id.removeprefix(WORKFLOW_ID_PREFIX)
+    return None
 
 
 def billing_run_id(period: str) -> str:

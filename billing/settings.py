@@ -2,11 +2,11 @@
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from billing.codec import CodecKey, parse_codec_keys
@@ -15,6 +15,7 @@ from billing.durations import check_capture_delay, check_dunning_schedule, parse
 from billing.models import BillingPolicy
 
 SANDBOX_API_KEY = "sk_test_sandbox"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(BaseSettings):
@@ -103,6 +104,19 @@ class Settings(BaseSettings):
     codec_server_token: SecretStr | None = Field(
         default=None, description="Bearer token the codec server requires; unset: none."
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as plain text, or one JSON object per line."
+    )
+    log_level: str = Field(
+        default="INFO", description="Lowest level logged: DEBUG, INFO, WARNING or ERROR."
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        description="OpenTelemetry collector (OTLP over HTTP); set, it turns tracing on.",
+    )
+    otel_service_name: str | None = Field(
+        default=None, description="Service name on the spans; unset: billing-worker or -starter."
+    )
     embedded_postgres_port: int = 55432
     embedded_temporal_port: int = 7233
     embedded_temporal_ui_port: int = 8233
@@ -130,6 +144,23 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"unknown log level {value!r}; use one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+    @field_validator("otel_exporter_otlp_endpoint")
+    @classmethod
+    def _check_otlp_endpoint(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"{value!r} is not an http(s) URL; give the collector's OTLP/HTTP address, "
+                "e.g. http://127.0.0.1:4318"
+            )
+        return value or None
 
     @field_validator("capture_delay", "run_poll_interval", "schedule_catchup", mode="before")
     @classmethod
@@ -212,3 +243,10 @@ class Settings(BaseSettings):
 
     def embedded_temporal_address(self) -> str:
         return f"127.0.0.1:{self.embedded_temporal_port}"
+
+
+def describe_invalid(err: ValidationError) -> str:
+    """A settings error as one line naming the variable: `LOG_LEVEL: unknown log level …`."""
+    problem = err.errors()[0]
+    where = ".".join(str(part) for part in problem["loc"]).upper()
+    return f"{where}: {problem['msg']}"

@@ -6,14 +6,18 @@ Reads take a `Reader`: `read_retried` in the CLI, which retries a bounded number
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import stripe
+from opentelemetry.trace import SpanKind
 from stripe.params import PaymentIntentListParams
 
 from billing.settings import Settings
+from billing.tracing import tracer
 
 # PaymentIntent statuses the code acts on.
 CAPTURABLE = "requires_capture"
@@ -38,13 +42,42 @@ CancellationReason = Literal["abandoned", "duplicate", "fraudulent", "requested_
 T = TypeVar("T")
 
 
+# An object id in a path (`pi_3Nf…`, `cus_…`), left out of span names so that they group.
+OBJECT_ID = re.compile(r"/[a-z]+_(?=[A-Za-z0-9]*[0-9])[A-Za-z0-9]+")
+
+
+class TracedHTTPXClient(stripe.HTTPXClient):
+    """One span per HTTP request to Stripe, retries included, with its method, path, status
+    and idempotency key. Never the body (card and customer data) nor the headers (the key)."""
+
+    async def request_async(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        path = urlsplit(url).path
+        attributes = {"http.request.method": method.upper(), "url.path": path}
+        if key := headers.get("Idempotency-Key"):
+            attributes["stripe.idempotency_key"] = key
+        name = f"Stripe {method.upper()} {OBJECT_ID.sub('/{id}', path)}"
+        span_of_request = tracer.start_as_current_span(
+            name, kind=SpanKind.CLIENT, attributes=attributes
+        )
+        with span_of_request as span:
+            content, status, response_headers = await super().request_async(
+                method, url, headers, post_data
+            )
+            span.set_attribute("http.response.status_code", status)
+            if request_id := response_headers.get("Request-Id"):
+                span.set_attribute("stripe.request_id", request_id)
+            return content, status, response_headers
+
+
 def make_stripe_client(settings: Settings) -> stripe.StripeClient:
     base = settings.resolved_stripe_base()
     return stripe.StripeClient(
         settings.resolved_stripe_key(),
         base_addresses={"api": base} if base else None,
         max_network_retries=settings.stripe_max_network_retries,
-        http_client=stripe.HTTPXClient(timeout=STRIPE_HTTP_TIMEOUT_SECONDS),
+        http_client=TracedHTTPXClient(timeout=STRIPE_HTTP_TIMEOUT_SECONDS),
     )
 
 
