@@ -8,11 +8,35 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Runtime dependencies (the Docker image) and everything `make` installs: runtime, [local] and
+# [dev]. Both pinned with hashes; the second keeps the first's versions.
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+
+# The lock files pin every package, so pip installs them as they are (hash-checked) and then
+# the project itself without dependencies. `pip check` fails when pyproject.toml asks for
+# something the locks do not hold: then run `make lock`.
+$(STAMP): pyproject.toml $(LOCK) $(DEV_LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r $(DEV_LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check || { echo "the lock files miss a dependency of pyproject.toml: run make lock" >&2; exit 1; }
 	touch $(STAMP)
+
+# Brings both lock files up to date with pyproject.toml: run it after changing dependencies and
+# commit the two files. Pins that still fit are kept; delete the files first to take the
+# newest versions of everything.
+PIP_COMPILE := $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-trusted-host --no-emit-find-links
+.PHONY: lock
+lock: | $(VENV)/bin/pip-compile
+	$(PIP_COMPILE) --output-file $(LOCK) pyproject.toml
+	$(PIP_COMPILE) --extra local --extra dev --constraint $(LOCK) --output-file $(DEV_LOCK) pyproject.toml
+
+# pip-compile without the stamp: the locks may be stale when `make lock` runs.
+$(VENV)/bin/pip-compile:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --require-hashes -r $(DEV_LOCK)
 
 lint: venv
 	$(VENV)/bin/ruff check .

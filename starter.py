@@ -616,7 +616,7 @@ def positive_seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="starter.py", description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__)  # prog: starter.py or billing
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bill_cmd = commands.add_parser(
         "bill", help="start the period's billing run (or attach to it) and follow its launch"
