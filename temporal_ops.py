@@ -32,6 +32,7 @@ from temporalio.client import (
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 
 from billing.codec import data_converter
@@ -76,16 +77,18 @@ QUERY_TIMEOUT = timedelta(seconds=3)
 FIRE_TIMEOUT = timedelta(hours=1)
 
 
-async def connect_temporal(settings: Settings) -> Client:
+async def connect_temporal(settings: Settings, *, runtime: Runtime | None = None) -> Client:
     """TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY and TLS come from envconfig;
     without an address, the embedded dev server serves. Payloads are encrypted when
-    BILLING_CODEC_KEYS is set."""
+    BILLING_CODEC_KEYS is set. `runtime` is the Temporal runtime the client and its workers
+    run on (the worker's serves metrics); None: the default."""
     config = ClientConfigProfile.load().to_client_connect_config()
     config.setdefault("target_host", settings.embedded_temporal_address())
     return await Client.connect(
         **config,
         data_converter=data_converter(settings),
         interceptors=tracing_interceptors(settings),
+        runtime=runtime,
     )
 
 

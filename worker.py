@@ -19,6 +19,7 @@ from activities.ledger_activities import LedgerActivities
 from activities.stripe_activities import StripeActivities
 from billing.ledger import Ledger, migrate, open_pool
 from billing.logs import configure_logging
+from billing.metrics import MetricsUnavailable, metrics_runtime
 from billing.settings import Settings, describe_invalid
 from billing.stripe_client import make_stripe_client
 from billing.tracing import start_tracing
@@ -29,6 +30,7 @@ from workflows.stripe_queues import StripeQueues
 
 log = logging.getLogger("billing.worker")
 GRACEFUL_SHUTDOWN = timedelta(seconds=10)
+EXIT_BAD_SETTING = 2  # as the CLI's exit code for bad input
 
 
 def stripe_workers(
@@ -63,9 +65,14 @@ async def serving(workers: Sequence[Worker]) -> AsyncIterator[None]:
 async def run_worker(
     stop: asyncio.Event, settings: Settings | None = None, client: Client | None = None
 ) -> None:
-    """Serve until `stop` is set, then let in-flight activities finish and close the pool."""
+    """Serve until `stop` is set, then let in-flight activities finish and close the pool.
+    Without `client`, it connects on a runtime serving metrics (METRICS_PORT)."""
     settings = settings or Settings()
-    client = client or await connect_temporal(settings)
+    if client is None:
+        runtime = metrics_runtime(settings)
+        client = await connect_temporal(settings, runtime=runtime)
+        if runtime is not None:
+            log.info("Prometheus metrics at http://%s/metrics", settings.metrics_address())
     pool = await open_pool(settings.resolved_database_url())
     try:
         await migrate(pool)
@@ -107,10 +114,14 @@ def main() -> None:
         settings = Settings()
     except ValidationError as err:
         print(f"error: {describe_invalid(err)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_SETTING)
     configure_logging(settings)
     start_tracing(settings, "billing-worker")
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except MetricsUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_SETTING)
 
 
 if __name__ == "__main__":

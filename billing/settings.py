@@ -1,5 +1,6 @@
 """Configuration, read once from the environment."""
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -87,6 +88,16 @@ class Settings(BaseSettings):
     stripe_list_per_second: float = Field(
         default=20.0, gt=0, description="PaymentIntent lists (converging) started per second."
     )
+    metrics_port: int = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="Port of the worker's Prometheus /metrics endpoint; 0 turns metrics off.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="IP address the metrics endpoint listens on; 0.0.0.0 for every interface.",
+    )
     data_dir: Path = Field(default=Path(".data"), description="Embedded stack state.")
     temporal_ui_url: str | None = Field(
         default=None, description="Temporal Web UI; unset means the embedded dev server's."
@@ -162,6 +173,17 @@ class Settings(BaseSettings):
             )
         return value or None
 
+    @field_validator("metrics_host")
+    @classmethod
+    def _check_metrics_host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as err:
+            raise ValueError(
+                f"{value!r} is not an IP address; use 127.0.0.1, or 0.0.0.0 for every interface"
+            ) from err
+        return value
+
     @field_validator("capture_delay", "run_poll_interval", "schedule_catchup", mode="before")
     @classmethod
     def _parse_durations(cls, value: object) -> object:
@@ -199,6 +221,13 @@ class Settings(BaseSettings):
             "capture": self.stripe_capture_per_second,
             "list": self.stripe_list_per_second,
         }
+
+    def metrics_address(self) -> str | None:
+        """Where the worker serves Prometheus metrics, `host:port`; None when they are off."""
+        if self.metrics_port == 0:
+            return None
+        host = self.metrics_host
+        return f"[{host}]:{self.metrics_port}" if ":" in host else f"{host}:{self.metrics_port}"
 
     def resolved_launch_rate(self) -> float:
         """Starts at the Stripe create queue's rate: faster only piles payments up behind it."""

@@ -1,5 +1,6 @@
-"""The one home of Stripe call patterns: building the client, paging a customer's
-PaymentIntents, bounded retries of reads, and a void read back when its answer is not plain.
+"""The one home of Stripe call patterns: building the client, counting and timing each
+request, paging a customer's PaymentIntents, bounded retries of reads, and a void read back
+when its answer is not plain.
 
 Reads take a `Reader`: `read_retried` in the CLI, which retries a bounded number of times, and
 `read_once` in an activity, where a read error must reach Temporal, which retries it.
@@ -7,8 +8,10 @@ Reads take a `Reader`: `read_retried` in the CLI, which retries a bounded number
 
 import asyncio
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -16,6 +19,7 @@ import stripe
 from opentelemetry.trace import SpanKind
 from stripe.params import PaymentIntentListParams
 
+from billing import metrics
 from billing.settings import Settings
 from billing.tracing import tracer
 
@@ -77,20 +81,80 @@ def make_stripe_client(settings: Settings) -> stripe.StripeClient:
         settings.resolved_stripe_key(),
         base_addresses={"api": base} if base else None,
         max_network_retries=settings.stripe_max_network_retries,
-        http_client=TracedHTTPXClient(timeout=STRIPE_HTTP_TIMEOUT_SECONDS),
+        http_client=MeteredHTTPClient(timeout=STRIPE_HTTP_TIMEOUT_SECONDS),
+    )
+
+
+class MeteredHTTPClient(TracedHTTPXClient):
+    """The traced client, also recording each request sent from an activity: its endpoint,
+    its outcome and how long Stripe took (`billing.metrics.stripe_request`)."""
+
+    async def request_async(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        endpoint = stripe_endpoint(method, url)
+        started = time.monotonic()
+        try:
+            content, status, answer_headers = await super().request_async(
+                method, url, headers, post_data
+            )
+        except stripe.APIConnectionError:
+            metrics.stripe_request(endpoint, "network_error", _since(started))
+            raise
+        metrics.stripe_request(endpoint, request_outcome(status, answer_headers), _since(started))
+        return content, status, answer_headers
+
+
+def _since(started: float) -> timedelta:
+    return timedelta(seconds=time.monotonic() - started)
+
+
+def stripe_endpoint(method: str, url: str) -> str:
+    """The endpoint a request calls, without ids, named as Stripe's API reference does:
+    `payment_intents.create`, `payment_intents.capture`, `payment_intents.list`…"""
+    resource, *rest = urlsplit(url).path.removeprefix("/v1/").split("/")
+    method = method.upper()
+    if len(rest) >= 2:  # /v1/payment_intents/pi_…/capture
+        action = rest[-1]
+    elif rest == ["search"]:
+        action = "search"
+    elif rest:  # /v1/payment_intents/pi_…
+        action = {"GET": "retrieve", "DELETE": "delete"}.get(method, "update")
+    else:
+        action = "list" if method == "GET" else "create"
+    return f"{resource}.{action}"
+
+
+def request_outcome(status: int, headers: Mapping[str, str]) -> str:
+    """What a Stripe answer was, as the `outcome` label of billing_stripe_requests."""
+    if status < 300:
+        return "ok"
+    if status == 402:
+        return "declined"
+    if status == 409:
+        return "conflict"
+    if status == 429:
+        return "rate_limited"
+    if status >= 500:
+        return "stored_server_error" if stored_answer(headers) else "server_error"
+    return "rejected"
+
+
+def stored_answer(headers: Mapping[str, str]) -> bool:
+    """Stripe stored its answer under the key: a retry with the key only replays it. Stripe
+    says so with `Stripe-Should-Retry: false`, or by marking the answer
+    `Idempotent-Replayed: true`. Header names are compared ignoring case."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    return (
+        lowered.get("stripe-should-retry") == "false"
+        or lowered.get("idempotent-replayed") == "true"
     )
 
 
 def stored_server_error(err: stripe.StripeError) -> bool:
     """A 5xx that Stripe stored under the key: every retry with this key replays it, so
-    whether Stripe acted can only be learnt by reading the PaymentIntent. Stripe says so with
-    `Stripe-Should-Retry: false`, or by marking the answer `Idempotent-Replayed: true`."""
-    headers = err.headers or {}
-    stored = (
-        headers.get("stripe-should-retry") == "false"
-        or headers.get("idempotent-replayed") == "true"
-    )
-    return (err.http_status or 0) >= 500 and stored
+    whether Stripe acted can only be learnt by reading the PaymentIntent."""
+    return (err.http_status or 0) >= 500 and stored_answer(err.headers or {})
 
 
 class Reader(Protocol):

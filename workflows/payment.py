@@ -24,6 +24,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.ledger_activities import LedgerActivities
     from activities.stripe_activities import StripeActivities
+    from billing import metrics
     from billing.constants import (
         BILLING_PERIOD,
         PAYMENT_STATUS,
@@ -213,6 +214,7 @@ class PaymentWorkflow:
         else:
             self._result = await self._charge()
         self._step = "done"
+        metrics.payment_ended(workflow.metric_meter(), self._result.status, input.currency)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._result
 
@@ -232,16 +234,27 @@ class PaymentWorkflow:
                 self._cancel_requested = True
 
     async def _wait_until(
-        self, condition: Callable[[], bool], *, at_most: timedelta, summary: str
+        self,
+        condition: Callable[[], bool],
+        *,
+        at_most: timedelta,
+        summary: str,
+        wait: metrics.Wait,
     ) -> None:
         """`wait_until`, where a Temporal cancellation request that ends the wait (as the SDK
-        does when it applies an activation's jobs as one batch) means `cancel`."""
+        does when it applies an activation's jobs as one batch) means `cancel`. The wait's
+        start and length are recorded as metrics (none while a history replays)."""
+        meter = workflow.metric_meter()
+        metrics.wait_started(meter, wait)
+        began = workflow.now()
         try:
             await wait_until(condition, at_most=at_most, summary=summary)
         except asyncio.CancelledError:
             if not self._exactly_once:
                 raise
             self._cancel_requested = True
+        finally:
+            metrics.wait_ended(meter, wait, workflow.now() - began)
 
     async def _charge_or_settle(self) -> PaymentResult:
         try:
@@ -324,6 +337,7 @@ class PaymentWorkflow:
                     lambda: self._cancel_requested,
                     at_most=policy.capture_delay,
                     summary=capture_window_summary(workflow.now(), policy.capture_delay),
+                    wait=metrics.Wait.CAPTURE_WINDOW,
                 )
                 window_done = True
             if self._cancel_requested and not capture_begun:
@@ -483,6 +497,7 @@ class PaymentWorkflow:
             lambda: self._cancel_requested or self._payment_method_updated,
             at_most=wait,
             summary=dunning_wait_summary(attempt + 1, len(schedule), workflow.now(), wait),
+            wait=metrics.Wait.DUNNING,
         )
 
     async def _new_generation(self, reason: str) -> Converged:
