@@ -384,6 +384,7 @@ class Soak:
             "STRIPE_API_KEY": STRIPE_KEY,
             "STRIPE_API_BASE": stack.sandbox.url,
             "TASK_QUEUE": TASK_QUEUE,
+            "METRICS_PORT": "0",  # 9464 may be the embedded stack's worker's
         }
         client = await Client.connect(
             stack.temporal.address, data_converter=pydantic_data_converter

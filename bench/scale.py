@@ -122,6 +122,7 @@ async def start_worker(address: str, database_url: str, log_path: Path) -> Worke
         "TASK_QUEUE": RUN_QUEUE,
         # Never called (the payments run nowhere); a closed loopback port if it were.
         "STRIPE_API_BASE": "http://127.0.0.1:9",
+        "METRICS_PORT": "0",  # 9464 may be the embedded stack's worker's
     }
     with log_path.open("wb") as log:
         process = await asyncio.create_subprocess_exec(

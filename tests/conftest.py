@@ -134,8 +134,10 @@ async def sandbox() -> AsyncIterator[Sandbox]:
 
 @pytest.fixture
 def settings(database_url: str, sandbox: Sandbox, task_queue: str) -> Settings:
-    """Worker and starter settings for one test, with a secret no history may contain."""
+    """Worker and starter settings for one test, with a secret no history may contain.
+    Metrics are off: tests run many workers, and each would take port 9464."""
     return Settings(
+        metrics_port=0,
         dunning_schedule=[DUNNING_RETRY_AFTER],
         database_url=database_url,
         stripe_api_key=SecretStr(f"sk_test_secret_{uuid.uuid4().hex}"),

@@ -69,6 +69,7 @@ def worker_env(settings: Settings, temporal_address: str) -> dict[str, str]:
         "STRIPE_API_BASE": settings.stripe_api_base,
         "TASK_QUEUE": settings.task_queue,
         "TEMPORAL_ADDRESS": temporal_address,
+        "METRICS_PORT": str(settings.metrics_port),
     }
 
 

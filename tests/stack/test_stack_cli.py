@@ -14,6 +14,7 @@ SERVICE_VARIABLES = ("DATABASE_URL", "TEMPORAL_ADDRESS", "STRIPE_API_KEY", "STRI
 def stack_env(data_dir: Path, ports: dict[str, int]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARIABLES}
     env["DATA_DIR"] = str(data_dir)
+    env["METRICS_PORT"] = "0"  # 9464 may be another stack's
     env.update({name.upper(): str(port) for name, port in ports.items()})
     return env
 
