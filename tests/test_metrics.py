@@ -8,6 +8,8 @@ stops the worker at start with one line.
 """
 
 import asyncio
+import json
+import re
 import socket
 import subprocess
 import sys
@@ -50,6 +52,7 @@ SDK_METRICS = (
     "temporal_request",
 )
 DEADLINE_S = 60.0
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "billing.json"
 WORKER_429S = 1  # the worker's first Stripe request is refused, then the limiter refills
 
 
@@ -233,6 +236,12 @@ async def test_metrics_match_the_ledger_and_stripe(
     assert not missing, f"SDK metrics missing: {missing}; present: {sorted(names)}"
     completed = total(samples, "temporal_workflow_completed", workflow_type="PaymentWorkflow")
     assert completed == len(payments)
+
+    # The dashboard reads only metrics the worker exposes.
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    read = {name for expr in exprs for name in re.findall(r"\b(?:billing|temporal)_\w+", expr)}
+    assert read - names <= {"temporal_workflow_failed"}, read - names
 
 
 @pytest.mark.parametrize(
