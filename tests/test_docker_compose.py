@@ -22,12 +22,6 @@ from local_stack.temporal import search_attribute_args, temporal_cli_path
 ROOT = Path(__file__).resolve().parent.parent
 # Read by temporalio.envconfig, not by Settings.
 TEMPORAL_VARIABLES = {"TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_API_KEY"}
-# Settings that other branches of #13 add (metrics, codec). Once merged, the test below asks
-# for each to be removed from here.
-PENDING_SETTINGS = {
-    "METRICS_HOST",
-    "METRICS_PORT",
-}
 BILLING_SERVICES = ("worker", "starter", "codec-server")
 PINNED_TAG = re.compile(r"^[^:@]+:v?\d+(\.\d+)+$")
 
@@ -104,9 +98,7 @@ def test_search_attributes_match_the_code() -> None:
 
 def test_billing_environment_names_real_settings() -> None:
     settings_variables = {name.upper() for name in Settings.model_fields}
-    merged = PENDING_SETTINGS & settings_variables
-    assert not merged, f"now real settings: remove {sorted(merged)} from PENDING_SETTINGS"
-    known = settings_variables | TEMPORAL_VARIABLES | PENDING_SETTINGS
+    known = settings_variables | TEMPORAL_VARIABLES
     for name in BILLING_SERVICES:
         environment = set(services()[name]["environment"])
         assert environment <= known, (name, environment - known)
@@ -143,13 +135,12 @@ def test_observability_is_behind_its_profile_and_provisioned() -> None:
     assert provider["providers"][0]["options"]["path"] == mounts["./deploy/grafana/dashboards"]
 
 
-def test_mounted_files_of_this_branch_exist() -> None:
-    """Every host path a service mounts exists, except those the metrics branch adds."""
-    from_other_branches = {"./deploy/prometheus/prometheus.yml", "./deploy/grafana/dashboards"}
+def test_mounted_files_exist() -> None:
+    """Every host path a service mounts exists."""
     for name, service in services().items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
-            if source.startswith("./") and source not in from_other_branches:
+            if source.startswith("./"):
                 assert (ROOT / source).exists(), (name, source)
 
 
