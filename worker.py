@@ -19,7 +19,7 @@ from activities.ledger_activities import LedgerActivities
 from activities.stripe_activities import StripeActivities
 from billing.ledger import Ledger, migrate, open_pool
 from billing.logs import configure_logging
-from billing.metrics import MetricsUnavailable, metrics_runtime
+from billing.metrics import MetricsUnavailable, worker_runtime
 from billing.settings import Settings, describe_invalid
 from billing.stripe_client import make_stripe_client
 from billing.tracing import start_tracing
@@ -69,9 +69,8 @@ async def run_worker(
     Without `client`, it connects on a runtime serving metrics (METRICS_PORT)."""
     settings = settings or Settings()
     if client is None:
-        runtime = metrics_runtime(settings)
-        client = await connect_temporal(settings, runtime=runtime)
-        if runtime is not None:
+        client = await connect_temporal(settings, runtime=worker_runtime(settings))
+        if settings.metrics_address() is not None:
             log.info("Prometheus metrics at http://%s/metrics", settings.metrics_address())
     pool = await open_pool(settings.resolved_database_url())
     try:

@@ -35,6 +35,7 @@ ENCODING = b"binary/encrypted"
 KEY_ID_METADATA = "encryption-key-id"
 KEY_BYTES = 32  # AES-256
 NONCE_BYTES = 12
+TAG_BYTES = 16  # GCM's authentication tag, after the ciphertext
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAKE_A_KEY = "make one with `python -m billing.codec_server --new-key`"
 
@@ -139,6 +140,8 @@ class EncryptionCodec(PayloadCodec):
             )
         nonce, sealed = payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:]
         try:
+            if len(sealed) < TAG_BYTES:
+                raise InvalidTag
             plain = cipher.decrypt(nonce, sealed, key_id.encode())
         except InvalidTag:
             raise UnknownCodecKey(

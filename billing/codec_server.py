@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from temporalio.api.common.v1 import Payload, Payloads
 
 from billing.codec import CodecKeyError, EncryptionCodec, UnknownCodecKey, new_key_entry
-from billing.settings import Settings
+from billing.logs import configure_logging
+from billing.settings import Settings, describe_invalid
 
 log = logging.getLogger("billing.codec_server")
 # Temporal's own limit on one payload is 2 MB; a request may carry several.
@@ -119,9 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ValidationError as err:
-        problem = err.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"]).upper()
-        print(f"error: {where}: {problem['msg']}", file=sys.stderr)
+        print(f"error: {describe_invalid(err)}", file=sys.stderr)
         return 2
     if not keys:
         print(
@@ -132,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     token = settings.codec_server_token
     origins = settings.resolved_codec_cors_origins()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings)
     log.info(
         "codec server on %s, keys %s, CORS origins %s, %s",
         settings.codec_server_url(),

@@ -7,12 +7,20 @@ where the Stripe requests are sent. Labels take a few fixed values each, never a
 Durations are in milliseconds, like the SDK's own latencies.
 """
 
+import logging
 from datetime import timedelta
 from enum import StrEnum
 
 from temporalio import activity
 from temporalio.common import MetricMeter
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 
 from billing.settings import Settings
 
@@ -53,19 +61,25 @@ class MetricsUnavailable(Exception):
     """The metrics endpoint cannot listen, e.g. its port is taken."""
 
 
-def metrics_runtime(settings: Settings) -> Runtime | None:
-    """A Temporal runtime serving Prometheus metrics at METRICS_HOST:METRICS_PORT, or None
-    when METRICS_PORT is 0. The worker's client must be connected with it."""
+def worker_runtime(settings: Settings) -> Runtime:
+    """The Temporal runtime the worker's client connects with. The SDK core's own log lines
+    (poll and connection warnings) go through Python's logging as `temporalio.core`, so
+    LOG_FORMAT and LOG_LEVEL apply to them too. Prometheus metrics are served at
+    METRICS_HOST:METRICS_PORT, unless METRICS_PORT is 0."""
+    core_logs = LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+    )
     address = settings.metrics_address()
     if address is None:
-        return None
+        return Runtime(telemetry=TelemetryConfig(logging=core_logs))
     buckets = {
         STRIPE_LATENCY: [float(ms) for ms in STRIPE_LATENCY_BUCKETS_MS],
         WAIT_DURATION: [wait.total_seconds() * 1000 for wait in WAIT_BUCKETS],
     }
     config = PrometheusConfig(bind_address=address, histogram_bucket_overrides=buckets)
     try:
-        return Runtime(telemetry=TelemetryConfig(metrics=config))
+        return Runtime(telemetry=TelemetryConfig(logging=core_logs, metrics=config))
     except ValueError as err:
         reason = str(err).removeprefix("Failed starting Prometheus exporter: ")
         raise MetricsUnavailable(

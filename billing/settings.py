@@ -163,12 +163,19 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown log level {value!r}; use one of {', '.join(LOG_LEVELS)}")
         return value.upper()
 
+    @field_validator("codec_server_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        """An empty CODEC_SERVER_TOKEN (compose passes one through when .env has none) means
+        no token, not a token that is empty."""
+        return None if value == "" else value
+
     @field_validator("otel_exporter_otlp_endpoint")
     @classmethod
     def _check_otlp_endpoint(cls, value: str | None) -> str | None:
         if value and not value.startswith(("http://", "https://")):
             raise ValueError(
-                f"{value!r} is not an http(s) URL; give the collector's OTLP/HTTP address, "
+                "not an http(s) URL; give the collector's OTLP/HTTP address, "
                 "e.g. http://127.0.0.1:4318"
             )
         return value or None

@@ -13,6 +13,7 @@ import pytest
 from pydantic import SecretStr
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -23,6 +24,7 @@ from billing.settings import Settings
 from local_stack.postgres import EmbeddedPostgres
 from local_stack.temporal import start_local_environment, test_server_path
 from stripe_sandbox import Sandbox
+from temporal_ops import SCHEDULE_ID, schedule_handle
 
 # One quick dunning retry, so that integration tests see a soft decline retried and fail.
 DUNNING_RETRY_AFTER = timedelta(seconds=1)
@@ -145,3 +147,17 @@ def settings(database_url: str, sandbox: Sandbox, task_queue: str) -> Settings:
         task_queue=task_queue,
         run_poll_interval=RUN_POLL_INTERVAL,
     )
+
+
+@pytest.fixture
+async def no_schedule(temporal_env: WorkflowEnvironment) -> AsyncIterator[None]:
+    """One Schedule per namespace: start without it, and leave none behind."""
+    await _delete_schedule(temporal_env.client)
+    yield
+    await _delete_schedule(temporal_env.client)
+
+
+async def _delete_schedule(client: Client) -> None:
+    async for listed in await client.list_schedules():
+        if listed.id == SCHEDULE_ID:
+            await schedule_handle(client).delete()

@@ -17,7 +17,10 @@ from google.protobuf.message import Message
 from pydantic import SecretStr, ValidationError
 from temporalio.api.common.v1 import Payload, Payloads, WorkflowExecution
 from temporalio.api.history.v1 import History, MarkerRecordedEventAttributes
-from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryRequest
+from temporalio.api.workflowservice.v1 import (
+    DescribeScheduleRequest,
+    GetWorkflowExecutionHistoryRequest,
+)
 from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -39,7 +42,7 @@ from billing.stripe_client import make_stripe_client
 from local_stack.ports import free_port, port_accepts
 from local_stack.temporal import temporal_cli_path
 from starter import execute
-from temporal_ops import connect_temporal
+from temporal_ops import SCHEDULE_ID, connect_temporal, create_schedule, monthly_schedule
 from tests.support import ROOT, add_customer, running_worker
 from workflows.payment import PaymentWorkflow
 from workflows.stripe_queues import StripeQueues
@@ -168,6 +171,22 @@ def test_new_key_makes_a_usable_entry() -> None:
 
 def test_without_keys_payloads_stay_plain() -> None:
     assert data_converter(Settings()) is pydantic_data_converter
+
+
+def test_a_truncated_payload_is_refused_naming_its_key() -> None:
+    [key] = parse_codec_keys(new_key_entry("k1"))
+    codec = EncryptionCodec([key])
+    whole = codec.encrypt(Payload(metadata={"encoding": b"json/plain"}, data=b'"cus_1"'))
+    for cut in (5, 12, 20):
+        truncated = Payload(metadata=whole.metadata, data=whole.data[:cut])
+        with pytest.raises(UnknownCodecKey, match="'k1'"):
+            codec.decrypt(truncated)
+
+
+def test_an_empty_codec_server_token_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker-compose passes CODEC_SERVER_TOKEN through empty when .env sets none."""
+    monkeypatch.setenv("CODEC_SERVER_TOKEN", "")
+    assert Settings().codec_server_token is None
 
 
 # ----- at rest, replay, the codec server ----------------------------------------------------
@@ -341,3 +360,28 @@ async def test_a_rotated_key_still_reads_old_histories(
     wrong_k1 = new_key_entry("k1")  # the right id, another secret
     with pytest.raises(UnknownCodecKey, match="does not decrypt with codec key id 'k1'"):
         await EncryptionCodec(parse_codec_keys(wrong_k1)).decode(old_payloads)
+
+
+async def test_schedule_create_re_encrypts_the_schedule_under_the_new_key(
+    temporal_env: WorkflowEnvironment,
+    settings: Settings,
+    no_schedule: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Schedule keeps its action's input as encrypted when it was created. Step 2 of a
+    rotation re-runs `schedule create`, which must store it under the new key, or the
+    Schedule's fires fail once the old key is dropped."""
+    monkeypatch.setenv("TEMPORAL_ADDRESS", temporal_env.client.service_client.config.target_host)
+    k1, k2 = new_key_entry("k1"), new_key_entry("k2")
+    for keys, expected in ((k1, b"k1"), (f"{k2},{k1}", b"k2")):
+        keyed = settings.model_copy(update={"billing_codec_keys": SecretStr(keys)})
+        client = await connect_temporal(keyed)
+        await create_schedule(client, monthly_schedule(keyed, keyed.billing_policy()))
+        described = await temporal_env.client.workflow_service.describe_schedule(
+            DescribeScheduleRequest(
+                namespace=temporal_env.client.namespace, schedule_id=SCHEDULE_ID
+            )
+        )
+        [stored] = described.schedule.action.start_workflow.input.payloads
+        assert stored.metadata["encoding"] == ENCODING
+        assert stored.metadata[KEY_ID_METADATA] == expected

@@ -6,7 +6,6 @@ the calendar is shown by the server's own next fire times, and the fires by a ba
 server runs every action the calendar holds in a past range, with its scheduled time."""
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -21,20 +20,6 @@ from starter import execute
 from stripe_sandbox import Sandbox
 from temporal_ops import SCHEDULE_ID, schedule_handle
 from tests.support import running_worker
-
-
-@pytest.fixture
-async def no_schedule(temporal_env: WorkflowEnvironment) -> AsyncIterator[None]:
-    """One Schedule per namespace: start without it, and leave none behind."""
-    await delete_schedule(temporal_env.client)
-    yield
-    await delete_schedule(temporal_env.client)
-
-
-async def delete_schedule(client: Client) -> None:
-    async for listed in await client.list_schedules():
-        if listed.id == SCHEDULE_ID:
-            await schedule_handle(client).delete()
 
 
 async def runs_of(client: Client, period: str, task_queue: str) -> list[str]:

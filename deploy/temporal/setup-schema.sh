@@ -7,11 +7,12 @@ SCHEMAS=/etc/temporal/schema/postgresql/v12
 
 setup() {  # database, schema directory
     sql="temporal-sql-tool --plugin postgres12 --ep $POSTGRES_SEEDS -p ${DB_PORT:-5432} -u $POSTGRES_USER --db $1"
-    if $sql update-schema -d "$2" 2>/dev/null; then
+    if $sql update-schema -d "$2"; then
         echo "database $1 is up to date"
         return
     fi
-    $sql create
+    # No schema yet. The database itself may exist: a first run stopped after creating it.
+    $sql create || echo "database $1 exists; setting up its schema"
     $sql setup-schema -v 0.0
     $sql update-schema -d "$2"
     echo "database $1 created"
