@@ -26,6 +26,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import STRIPE_QUEUES, activities_by_queue
 from activities.billing_run_activities import BillingRunActivities
@@ -57,6 +58,9 @@ def worker_options(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str
             options[name] = value
     if args.unsandboxed and "max_cached_workflows" in names:
         options["workflow_runner"] = UnsandboxedWorkflowRunner()
+    elif args.passthrough_all_modules and "max_cached_workflows" in names:
+        restrictions = SandboxRestrictions.default.with_passthrough_all_modules()
+        options["workflow_runner"] = SandboxedWorkflowRunner(restrictions=restrictions)
     return options
 
 
@@ -147,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", type=Path, default=None, help="cProfile stats to this file")
     parser.add_argument(
         "--unsandboxed", action="store_true", help="UnsandboxedWorkflowRunner (measure only)"
+    )
+    parser.add_argument(
+        "--passthrough-all-modules",
+        action="store_true",
+        help="the sandbox without re-importing modules per workflow (measure only)",
     )
     return parser
 
