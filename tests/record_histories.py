@@ -33,6 +33,7 @@ from billing.models import (
 )
 from local_stack.temporal import start_local_environment
 from tests.stubs import StubActivities, business_error, declined, payment_input
+from worker import WORKFLOW_RUNNER
 from workflows.payment import PaymentWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -200,6 +201,7 @@ async def record(names: list[str]) -> None:
                 task_queue=TASK_QUEUE,
                 workflows=[PaymentWorkflow],
                 activities=case.stubs.all(),
+                workflow_runner=WORKFLOW_RUNNER,
             )
             async with worker:
                 handle = await env.client.start_workflow(

@@ -20,6 +20,7 @@ from billing.models import (
     LaunchPageResult,
     PeriodCounts,
 )
+from worker import WORKFLOW_RUNNER
 from workflows.billing_run import BillingRunWorkflow
 
 PAGES = 3
@@ -66,6 +67,7 @@ async def test_a_run_waits_through_dunning_sweeping_daily_and_ends_with_the_peri
         task_queue=queue,
         workflows=[BillingRunWorkflow],
         activities=[stubs.launch_page, stubs.period_counts],
+        workflow_runner=WORKFLOW_RUNNER,
     ):
         handle = await env.client.start_workflow(
             BillingRunWorkflow.run, run, id=f"billing-run-test-{queue}", task_queue=queue

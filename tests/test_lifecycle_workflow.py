@@ -28,6 +28,7 @@ from billing.models import (
     VoidInput,
 )
 from tests.stubs import StubActivities, business_error, declined, payment_input
+from worker import WORKFLOW_RUNNER
 from workflows.payment import MAX_RESENDS, PaymentWorkflow
 
 DUNNING = (timedelta(days=1), timedelta(days=3), timedelta(days=5))
@@ -56,7 +57,11 @@ async def start(
 
 def worker(env: WorkflowEnvironment, task_queue: str, stubs: StubActivities) -> Worker:
     return Worker(
-        env.client, task_queue=task_queue, workflows=[PaymentWorkflow], activities=stubs.all()
+        env.client,
+        task_queue=task_queue,
+        workflows=[PaymentWorkflow],
+        activities=stubs.all(),
+        workflow_runner=WORKFLOW_RUNNER,
     )
 
 

@@ -24,6 +24,7 @@ from billing.models import (
     RecordFailureInput,
 )
 from tests.stubs import StubActivities, payment_input
+from worker import WORKFLOW_RUNNER
 from workflows.payment import PaymentWorkflow
 
 
@@ -31,7 +32,11 @@ async def run_payment(
     env: WorkflowEnvironment, task_queue: str, stubs: StubActivities, payment: PaymentInput
 ) -> PaymentResult:
     async with Worker(
-        env.client, task_queue=task_queue, workflows=[PaymentWorkflow], activities=stubs.all()
+        env.client,
+        task_queue=task_queue,
+        workflows=[PaymentWorkflow],
+        activities=stubs.all(),
+        workflow_runner=WORKFLOW_RUNNER,
     ):
         return await env.client.execute_workflow(
             PaymentWorkflow.run, payment, id=workflow_id(payment.payment_id), task_queue=task_queue
@@ -80,6 +85,7 @@ async def test_the_query_tells_the_current_step(
         task_queue=task_queue,
         workflows=[PaymentWorkflow],
         activities=stubs.all(),
+        workflow_runner=WORKFLOW_RUNNER,
     ):
         handle = await temporal_env.client.start_workflow(
             PaymentWorkflow.run, payment, id=workflow_id(payment.payment_id), task_queue=task_queue

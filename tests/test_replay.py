@@ -8,6 +8,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from tests.record_histories import cases
+from worker import WORKFLOW_RUNNER
 from workflows.payment import PaymentWorkflow
 from workflows.stripe_queues import StripeQueues
 
@@ -31,5 +32,6 @@ async def test_history_replays(name: str, stripe_queues: bool) -> None:
         workflows=[PaymentWorkflow],
         data_converter=pydantic_data_converter,
         interceptors=[StripeQueues()] if stripe_queues else [],
+        workflow_runner=WORKFLOW_RUNNER,
     )
     await replayer.replay_workflow(history)
