@@ -37,6 +37,7 @@ from billing.codec import (
 )
 from billing.constants import PaymentStatus, workflow_id
 from billing.ledger import Ledger
+from billing.models import PaymentResult
 from billing.settings import Settings
 from billing.stripe_client import make_stripe_client
 from local_stack.ports import free_port, port_accepts
@@ -337,7 +338,7 @@ async def test_a_rotated_key_still_reads_old_histories(
 
     async with encrypting(settings, f"{K2},{K1}", monkeypatch, temporal_env) as (keyed, client):
         [new] = await bill(keyed, client, pool, "2026-12")
-        old_result = await client.get_workflow_handle_for(PaymentWorkflow.run, old).result()
+        old_result = await client.get_workflow_handle(old, result_type=PaymentResult).result()
         assert old_result.status == PaymentStatus.SUCCEEDED
         old_history = await client.get_workflow_handle(old).fetch_history()
         await Replayer(
@@ -356,7 +357,7 @@ async def test_a_rotated_key_still_reads_old_histories(
     only_k2 = settings.model_copy(update={"billing_codec_keys": SecretStr(K2)})
     client = await connect_temporal(only_k2)
     with pytest.raises(UnknownCodecKey, match="codec key id 'k1'"):
-        await client.get_workflow_handle_for(PaymentWorkflow.run, old).result()
+        await client.get_workflow_handle(old, result_type=PaymentResult).result()
     wrong_k1 = new_key_entry("k1")  # the right id, another secret
     with pytest.raises(UnknownCodecKey, match="does not decrypt with codec key id 'k1'"):
         await EncryptionCodec(parse_codec_keys(wrong_k1)).decode(old_payloads)
