@@ -253,8 +253,9 @@ class PaymentWorkflow:
             if not self._exactly_once:
                 raise
             self._cancel_requested = True
-        finally:
-            metrics.wait_ended(meter, wait, workflow.now() - began)
+        # Not in a `finally`: when a worker drops a cached run, its coroutine is closed from
+        # outside the workflow's event loop, where `workflow.now()` cannot be read.
+        metrics.wait_ended(meter, wait, workflow.now() - began)
 
     async def _charge_or_settle(self) -> PaymentResult:
         try:
