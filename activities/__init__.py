@@ -21,8 +21,9 @@ if TYPE_CHECKING:  # it imports temporal_ops, which imports the payment workflow
 # Stripe endpoint class -> the activities that call it. Stripe limits each endpoint separately
 # (25 requests/s in live mode), so each class gets its own queue and its own rate.
 STRIPE_QUEUES: dict[str, tuple[str, ...]] = {
-    # POST /v1/payment_intents
-    "create": ("authorize",),
+    # POST /v1/payment_intents; authorize_unless_held lists the period's intents first, so
+    # the list endpoint also sees up to this queue's rate
+    "create": ("authorize", "authorize_unless_held"),
     # POST /v1/payment_intents/{id}/capture and /cancel (two endpoints, each under this
     # queue's rate; a read-back retrieve follows only an error or a cancel)
     "capture": ("capture", "void"),

@@ -12,6 +12,7 @@ from billing.constants import RATE_LIMITED, ErrorType
 from billing.models import (
     Authorization,
     AuthorizeInput,
+    AuthorizeUnlessHeldInput,
     Capture,
     CaptureInput,
     Decline,
@@ -255,6 +256,18 @@ class StripeActivities:
                 if i.status == CAPTURABLE
             ),
         )
+
+    @activity.defn(name="authorize_unless_held")
+    async def authorize_unless_held(self, input: AuthorizeUnlessHeldInput) -> PeriodIntents:
+        """A payment's first authorization in one task: `find_period_intents`, and when
+        Stripe holds nothing for the period, `authorize`. Returns what Stripe holds after it,
+        so a new authorization comes back as the one capturable intent. A retried attempt
+        lists again and finds what an earlier attempt authorized; a decline fails as
+        `authorize` fails."""
+        held = await self.find_period_intents(input.find)
+        if held.captured or held.capturable:
+            return held
+        return PeriodIntents(capturable=(await self.authorize(input.authorize),))
 
     async def _customer_intents(
         self, customer: str, created_after: int

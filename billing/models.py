@@ -121,6 +121,14 @@ class PeriodIntents(Frozen):
     capturable: tuple[Authorization, ...] = ()
 
 
+class AuthorizeUnlessHeldInput(Frozen):
+    """A payment's first authorization: what Stripe holds for the period (`find`), else a
+    new authorization (`authorize`)."""
+
+    find: FindPeriodIntentsInput
+    authorize: AuthorizeInput
+
+
 class ReadPaymentInput(Frozen):
     payment_id: str
 

@@ -27,6 +27,7 @@ from billing.constants import (
 from billing.models import (
     Authorization,
     BillingPolicy,
+    Capture,
     PaymentMethodUpdate,
     PaymentState,
     PeriodIntents,
@@ -90,7 +91,19 @@ BEFORE_EXACTLY_ONCE = frozenset(
         "local_ledger_hard_decline",
     }
 )
-FROZEN = BEFORE_LOCAL_LEDGER | BEFORE_EXACTLY_ONCE
+# Recorded 2026-11-28 before the authorize-unless-held patch: the only histories of a first
+# authorization that converges and authorizes as two activities.
+BEFORE_AUTHORIZE_UNLESS_HELD = frozenset(
+    {
+        "exactly_once_succeeded",
+        "exactly_once_cancelled_by_temporal",
+        "exactly_once_new_card_in_dunning",
+        "exactly_once_capture_refused_by_ledger",
+        "resume_as_recorded_capturing",
+        "resume_as_recorded_dunning",
+    }
+)
+FROZEN = BEFORE_LOCAL_LEDGER | BEFORE_EXACTLY_ONCE | BEFORE_AUTHORIZE_UNLESS_HELD
 
 
 async def cancel_by_temporal(handle: Handle, stubs: StubActivities) -> None:
@@ -180,6 +193,24 @@ def cases() -> dict[str, Case]:
                 authorize_errors=[declined("insufficient_funds")] * 2,
             ),
             BillingPolicy(dunning_schedule=(SECOND, 2 * SECOND)),
+        ),
+        # Recorded 2026-11-28 under the authorize-unless-held patch: the first authorization
+        # lists and authorizes in one activity.
+        "unless_held_succeeded": Case(StubActivities(capture_errors=[RuntimeError("reset")])),
+        "unless_held_found_capture": Case(
+            StubActivities(
+                held_at_stripe=[
+                    PeriodIntents(captured=(Capture(intent_id="pi_earlier", amount_received=4200),))
+                ]
+            )
+        ),
+        "unless_held_new_card_in_dunning": Case(
+            StubActivities(authorize_errors=[declined("insufficient_funds"), None]),
+            BillingPolicy(dunning_schedule=(HOUR,)),
+            during=new_card_in_dunning,
+        ),
+        "unless_held_rejected_then_one_at_a_time": Case(
+            StubActivities(authorize_errors=[business_error(ErrorType.STRIPE_REJECTED)] * 2)
         ),
         "payment_lost_answer_new_generation": Case(
             StubActivities(

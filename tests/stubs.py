@@ -13,6 +13,7 @@ from billing.constants import ErrorType, PaymentStatus
 from billing.models import (
     Authorization,
     AuthorizeInput,
+    AuthorizeUnlessHeldInput,
     BeginAttemptInput,
     BeginCaptureInput,
     BillingPolicy,
@@ -89,6 +90,7 @@ class StubActivities:
     capture_gate: asyncio.Event | None = None
     capture_started: asyncio.Event = field(default_factory=asyncio.Event)
     calls: list[tuple[str, object]] = field(default_factory=list)
+    combined: int = 0  # authorize_unless_held activities run
     scheduled: list[tuple[str, datetime]] = field(default_factory=list)
     _reached: dict[str, asyncio.Event] = field(default_factory=dict)
 
@@ -142,6 +144,16 @@ class StubActivities:
             if self.existing_authorization and "authorize" in self.names():
                 return PeriodIntents(capturable=(self.existing_authorization,))
             return PeriodIntents()
+
+        @activity.defn(name="authorize_unless_held")
+        async def authorize_unless_held(input: AuthorizeUnlessHeldInput) -> PeriodIntents:
+            """As the real one: the list, then authorize when nothing is held. `calls`
+            records the two Stripe calls it makes; `combined` counts the activity."""
+            self.combined += 1
+            held = await find_period_intents(input.find)
+            if held.captured or held.capturable:
+                return held
+            return PeriodIntents(capturable=(await authorize(input.authorize),))
 
         @activity.defn(name="read_payment")
         async def read_payment(input: ReadPaymentInput) -> PaymentState:
@@ -198,6 +210,7 @@ class StubActivities:
             void,
             find_authorization,
             find_period_intents,
+            authorize_unless_held,
             read_payment,
             begin_capture,
             record_paid,

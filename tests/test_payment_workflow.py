@@ -17,10 +17,12 @@ from billing.constants import (
 )
 from billing.models import (
     AuthorizeInput,
+    Capture,
     CaptureInput,
     Decline,
     PaymentInput,
     PaymentResult,
+    PeriodIntents,
     RecordFailureInput,
 )
 from tests.stubs import StubActivities, payment_input
@@ -72,6 +74,45 @@ async def test_happy_path_runs_the_four_steps_in_order(
     assert attributes.get(BILLING_PERIOD) == "2026-11"
     assert attributes.get(CUSTOMER_ID) == payment.customer_id
     assert attributes.get(PAYMENT_STATUS) == PaymentStatus.SUCCEEDED
+
+
+async def test_the_first_authorization_lists_and_authorizes_in_one_activity(
+    temporal_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """Stripe sees the list before the create, as before, but the engine runs one activity
+    task and one workflow task fewer: two activity tasks and three workflow tasks in all."""
+    stubs = StubActivities()
+    payment = payment_input()
+    result = await run_payment(temporal_env, task_queue, stubs, payment)
+
+    assert result.status == PaymentStatus.SUCCEEDED
+    assert stubs.combined == 1
+    handle = temporal_env.client.get_workflow_handle(workflow_id(payment.payment_id))
+    events = [event async for event in handle.fetch_history_events()]
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    assert scheduled == ["authorize_unless_held", "capture"]
+    assert sum(e.HasField("workflow_task_completed_event_attributes") for e in events) == 3
+
+
+async def test_a_charge_stripe_already_holds_is_recorded_without_authorizing(
+    temporal_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A row made again after a restore: the one activity finds the period's capture and
+    creates nothing."""
+    held = PeriodIntents(captured=(Capture(intent_id="pi_earlier", amount_received=4200),))
+    stubs = StubActivities(held_at_stripe=[held])
+    result = await run_payment(temporal_env, task_queue, stubs, payment_input())
+
+    assert (result.status, result.stripe_payment_intent_id) == (
+        PaymentStatus.SUCCEEDED,
+        "pi_earlier",
+    )
+    assert stubs.combined == 1
+    assert stubs.names() == ["read_payment", "find_period_intents", "record_paid"]
 
 
 async def test_the_query_tells_the_current_step(
@@ -169,3 +210,27 @@ async def test_an_intent_that_cannot_be_captured_fails_the_payment(
         workflow_id(payment.payment_id)
     ).describe()
     assert description.status == WorkflowExecutionStatus.COMPLETED
+
+
+async def test_a_refusal_in_the_first_authorization_is_retaken_one_call_at_a_time(
+    temporal_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """Stripe refused the create (or the list, which would end needs_attention): the run
+    lists, then authorizes, as two activities, and the create's refusal fails the payment."""
+    refused = ApplicationError("stub", type=ErrorType.STRIPE_REJECTED, non_retryable=True)
+    stubs = StubActivities(authorize_errors=[refused, refused])
+    result = await run_payment(temporal_env, task_queue, stubs, payment_input())
+
+    assert (result.status, result.failure_code) == (
+        PaymentStatus.FAILED,
+        ErrorType.STRIPE_REJECTED,
+    )
+    assert stubs.combined == 1
+    assert stubs.names() == [
+        "read_payment",
+        "find_period_intents",
+        "authorize",
+        "find_period_intents",
+        "authorize",
+        "record_failure",
+    ]
