@@ -78,7 +78,7 @@ async def test_json_lines_carry_the_payment_and_the_decline_stays_one_line(
     assert decline["level"] == "INFO"
     assert decline["payment_id"] == payment.id
     assert decline["workflow_id"] == workflow_id(payment.id)
-    assert decline["activity_type"] == "authorize"
+    assert decline["activity_type"] == "authorize_unless_held"  # a payment's first attempt
     assert decline["run_id"]
     assert "exception" not in decline
     assert "{" not in decline["message"]  # the SDK's context dict is not on the message

@@ -66,7 +66,7 @@ async def test_one_trace_from_bill_to_finalize(
     payment_workflow = workflow_id(payment.id)
     steps = {
         step: spans_named(spans, f"RunActivity:{step}", payment_workflow)
-        for step in ("authorize", "capture", "finalize")
+        for step in ("authorize_unless_held", "capture", "finalize")
     }
     for step, found in steps.items():
         assert found, f"no span for {step}: {sorted({s.name for s in spans})}"
@@ -79,7 +79,7 @@ async def test_one_trace_from_bill_to_finalize(
     }
     authorize = by_key[f"pay_{payment.id}_auth_1"]
     capture = by_key[f"pay_{payment.id}_capture_1"]
-    for request, step in ((authorize, "authorize"), (capture, "capture")):
+    for request, step in ((authorize, "authorize_unless_held"), (capture, "capture")):
         assert request.context.trace_id == trace_id
         assert request.parent is not None
         assert request.parent.span_id == steps[step][0].context.span_id
