@@ -16,7 +16,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -203,7 +203,7 @@ class WebhookDispatcher:
         copies = [delivery]
         if "duplicate" in kinds:
             self._stats.duplicated += 1
-            copies.append(_Delivery(**{**delivery.__dict__}))
+            copies.append(replace(delivery))
         reorder = next((rule for rule in rules if rule.kind == "reorder"), None)
         for copy in copies:
             if reorder is None:
