@@ -11,6 +11,7 @@ GET    /_sandbox/payment_intents     every PaymentIntent
 POST   /_sandbox/config              {"latency_ms", "jitter_ms", "rate_limits",
                                       "search_lag_seconds"} (any subset)
 POST   /_sandbox/reset               forget all objects, keys and counters
+and the events, webhook and 3D Secure routes listed in control_webhooks.py.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from . import control_webhooks
 from .faults import FaultRule
 
 if TYPE_CHECKING:
@@ -60,6 +62,10 @@ class ControlApi:
 
     def _dispatch(self, method: str, path: str, body: dict[str, Any]) -> web.Response:
         sandbox = self._sandbox
+        if path.startswith(control_webhooks.PREFIXES):
+            answer = control_webhooks.dispatch(sandbox, method, path, body)
+            if answer is not None:
+                return answer
         if (method, path) == ("GET", "/_sandbox/stats"):
             return _json(sandbox.stats())
         if (method, path) == ("GET", "/_sandbox/faults"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 
+from . import events
 from .cards import TestCard
 from .customers import get_customer, get_payment_method, test_card_of
 from .errors import StripeError, invalid_request, resource_missing
@@ -194,6 +195,9 @@ def _decline(
     intent["status"] = "requires_payment_method"
     intent["last_payment_error"] = error_hash
     intent["latest_charge"] = charge_id
+    if charge_id is not None:
+        events.record(state, "charge.failed", state.charges[charge_id])
+    events.record(state, "payment_intent.payment_failed", intent)
     extra: Json = {}
     if charge_id is not None:
         extra["charge"] = charge_id
@@ -210,8 +214,15 @@ def _decline(
     )
 
 
-def _confirm(state: AccountState, intent: Json, *, off_session: bool) -> None:
-    """Charge the intent's payment method; raise a 402 on decline (the intent is kept)."""
+def _confirm(
+    state: AccountState, intent: Json, *, off_session: bool, return_url: str | None = None
+) -> None:
+    """Charge the intent's payment method; raise a 402 on decline (the intent is kept).
+
+    A card that needs 3D Secure fails off-session with `authentication_required` (the intent
+    back in `requires_payment_method`) and waits on-session in `requires_action` for the
+    customer at `next_action.redirect_to_url.url` (authentication.py completes or fails it).
+    """
     if intent["payment_method"] is None:
         raise invalid_request(
             "You cannot confirm this PaymentIntent because it's missing a payment method. "
@@ -222,7 +233,7 @@ def _confirm(state: AccountState, intent: Json, *, off_session: bool) -> None:
     assert card is not None
     intent["last_payment_error"] = None
     intent["next_action"] = None
-    if card.requires_authentication:
+    if card.requires_authentication and not (off_session and card.set_up_for_off_session):
         if off_session:
             raise _decline(
                 state,
@@ -235,10 +246,19 @@ def _confirm(state: AccountState, intent: Json, *, off_session: bool) -> None:
             )
         intent["status"] = "requires_action"
         intent["next_action"] = {
-            "type": "use_stripe_sdk",
-            "use_stripe_sdk": {"type": "three_d_secure_redirect", "stripe_js": ""},
+            "type": "redirect_to_url",
+            "redirect_to_url": {
+                "return_url": return_url,
+                "url": f"{state.base_url}/_sandbox/3ds/{intent['id']}",
+            },
         }
+        events.record(state, "payment_intent.requires_action", intent)
         return
+    authorize(state, intent, card)
+
+
+def authorize(state: AccountState, intent: Json, card: TestCard) -> None:
+    """Charge the card (authenticated, or needing no authentication); a 402 on decline."""
     if card.decline_code is not None:
         charge = _new_charge(state, intent, card, failed=True, captured=False)
         raise _decline(
@@ -253,13 +273,16 @@ def _confirm(state: AccountState, intent: Json, *, off_session: bool) -> None:
     manual = intent["capture_method"] == "manual"
     charge = _new_charge(state, intent, card, failed=False, captured=not manual)
     intent["latest_charge"] = charge["id"]
+    events.record(state, "charge.succeeded", charge)
     if manual:
         intent["status"] = "requires_capture"
         intent["amount_capturable"] = intent["amount"]
         state.schedule_expiry(intent["id"], state.clock.now())
+        events.record(state, "payment_intent.amount_capturable_updated", intent)
     else:
         intent["status"] = "succeeded"
         intent["amount_received"] = intent["amount"]
+        events.record(state, "payment_intent.succeeded", intent)
 
 
 def _off_session(params: Params) -> bool:
@@ -344,9 +367,11 @@ def create(state: AccountState, params: Params) -> Json:
     }
     state.payment_intents[intent_id] = intent
     state.remember_order(intent_id)
+    events.record(state, "payment_intent.created", intent)
     try:
         if confirm:
-            _confirm(state, intent, off_session=off_session)
+            return_url = get_str(params, "return_url")
+            _confirm(state, intent, off_session=off_session, return_url=return_url)
     finally:
         state.index_for_search(intent)
     return render(state, intent, expand)
@@ -373,7 +398,12 @@ def confirm(state: AccountState, intent_id: str, params: Params) -> Json:
     if capture_method is not None:
         intent["capture_method"] = capture_method
     try:
-        _confirm(state, intent, off_session=_off_session(params))
+        _confirm(
+            state,
+            intent,
+            off_session=_off_session(params),
+            return_url=get_str(params, "return_url"),
+        )
     finally:
         state.index_for_search(intent)
     return render(state, intent, expand)
@@ -412,7 +442,9 @@ def capture(state: AccountState, intent_id: str, params: Params) -> Json:
         charge["captured"] = True
         charge["amount_captured"] = amount
         charge["amount_refunded"] = charge["amount"] - amount
+        events.record(state, "charge.captured", charge)
     state.index_for_search(intent)
+    events.record(state, "payment_intent.succeeded", intent)
     return render(state, intent, expand)
 
 
@@ -433,6 +465,7 @@ def cancel(state: AccountState, intent_id: str, params: Params) -> Json:
     intent["canceled_at"] = state.clock.now()
     intent["amount_capturable"] = 0
     state.index_for_search(intent)
+    events.record(state, "payment_intent.canceled", intent)
     return render(state, intent, expand)
 
 

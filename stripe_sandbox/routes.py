@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import customers, payment_intents
+from . import customers, events_api, payment_intents, webhook_endpoints
 from .errors import resource_missing
 from .form import Params
 from .params import reject_unknown
@@ -105,6 +105,32 @@ ROUTES: tuple[Route, ...] = (
         re.compile(rf"/v1/payment_intents/{_ID}/cancel"),
         "payment_intents.cancel",
         payment_intents.cancel,
+    ),
+    Route("GET", re.compile(r"/v1/events"), "events.list", events_api.list_events),
+    Route("GET", re.compile(rf"/v1/events/{_ID}"), "events.retrieve", events_api.retrieve),
+    Route(
+        "POST",
+        re.compile(r"/v1/webhook_endpoints"),
+        "webhook_endpoints.create",
+        webhook_endpoints.create,
+    ),
+    Route(
+        "GET",
+        re.compile(r"/v1/webhook_endpoints"),
+        "webhook_endpoints.list",
+        webhook_endpoints.list_endpoints,
+    ),
+    Route(
+        "GET",
+        re.compile(rf"/v1/webhook_endpoints/{_ID}"),
+        "webhook_endpoints.retrieve",
+        webhook_endpoints.retrieve,
+    ),
+    Route(
+        "DELETE",
+        re.compile(rf"/v1/webhook_endpoints/{_ID}"),
+        "webhook_endpoints.delete",
+        webhook_endpoints.delete,
     ),
 )
 

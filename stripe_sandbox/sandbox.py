@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from . import routes
+from . import authentication, routes
 from .clock import SandboxClock
 from .control import ControlApi
 from .errors import StripeError, api_error, invalid_request
@@ -26,6 +26,7 @@ from .form import Params, decode, parse_pairs
 from .idempotency import IdempotencyStore, fingerprint
 from .ratelimit import RateLimiter
 from .store import AccountState, Json
+from .webhooks import WebhookDispatcher, WebhookSettings
 
 logger = logging.getLogger("stripe_sandbox")
 
@@ -92,9 +93,11 @@ class Sandbox:
         *,
         seed: int | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        webhook_settings: WebhookSettings | None = None,
     ) -> None:
         """`seed` makes ids and probabilistic faults reproducible; `monotonic` is the time
-        source of the rate limiter (tests can freeze it)."""
+        source of the rate limiter (tests can freeze it); `webhook_settings` the retries of
+        webhook deliveries."""
         if mode not in ("test", "live"):
             raise ValueError("mode must be 'test' or 'live'")
         self.mode: Mode = mode
@@ -110,6 +113,10 @@ class Sandbox:
         self._limiter = RateLimiter(mode, enabled=rate_limits, monotonic=monotonic)
         self._faults = FaultBook(random.Random(self._rng.random()))
         self._fresh_state()
+        self.webhooks = WebhookDispatcher(
+            self.clock, random.Random(self._rng.random()), webhook_settings or WebhookSettings()
+        )
+        self.webhooks.attach(self._state)
         self._runner: web.ServerRunner | None = None
         self._port: int | None = None
         self._control = ControlApi(self)
@@ -141,10 +148,13 @@ class Sandbox:
             raise
         self._runner = runner
         self._port = int(runner.addresses[0][1])
+        self._state.base_url = self.url
+        await self.webhooks.start()
 
     async def stop(self) -> None:
         if self._runner is not None:
             runner, self._runner = self._runner, None
+            await self.webhooks.stop()
             await runner.cleanup()
 
     async def __aenter__(self) -> Sandbox:
@@ -217,6 +227,9 @@ class Sandbox:
     def reset(self) -> None:
         """Forget every object, idempotency key and counter (faults and clock stay)."""
         self._fresh_state()
+        self.webhooks.attach(self._state)
+        if self._port is not None:
+            self._state.base_url = self.url
 
     def stats(self) -> dict[str, Any]:
         s = self._stats
@@ -238,6 +251,7 @@ class Sandbox:
                 "charges": len(self._state.charges),
             },
             "clock": self.clock.now(),
+            "webhooks": self.webhooks.stats(),
         }
 
     def payment_intents(self) -> list[Json]:
@@ -246,6 +260,23 @@ class Sandbox:
 
     def customers(self) -> list[Json]:
         return copy.deepcopy(list(self._state.customers.values()))
+
+    def payment_intent(self, intent_id: str) -> Json | None:
+        """One PaymentIntent as Stripe's JSON (a copy), or None."""
+        return copy.deepcopy(self._state.payment_intents.get(intent_id))
+
+    def events(self) -> list[Json]:
+        """Every Event, oldest first (copies)."""
+        return copy.deepcopy(list(self._state.events.values()))
+
+    def complete_authentication(self, intent_id: str) -> Json:
+        """The customer passes 3D Secure on an intent in `requires_action` (ValueError if it
+        is not): it is charged, as authentication.complete says. Returns the intent."""
+        return copy.deepcopy(authentication.complete(self._state, intent_id))
+
+    def fail_authentication(self, intent_id: str) -> Json:
+        """The customer fails 3D Secure: `requires_payment_method`, `last_payment_error`."""
+        return copy.deepcopy(authentication.fail(self._state, intent_id))
 
     def _on_clock_advance(self) -> None:
         self._state.expire_authorizations()
@@ -258,14 +289,15 @@ class Sandbox:
             return await self._control.handle(request)
         started = time.perf_counter()
         key = request.headers.get("Idempotency-Key")
-        outcome = await self._serve(request, key)
+        request_id = f"req_{self._rng.getrandbits(64):016x}"
+        outcome = await self._serve(request, key, request_id)
         self._record(request, key, outcome, started)
         if outcome.drop:
             if request.transport is not None:
                 request.transport.close()
             return web.Response(status=outcome.status)
         headers = dict(_JSON_HEADERS)
-        headers["Request-Id"] = f"req_{self._rng.getrandbits(64):016x}"
+        headers["Request-Id"] = request_id
         if key is not None:
             headers["Idempotency-Key"] = key
         if outcome.replayed:
@@ -326,7 +358,7 @@ class Sandbox:
             )
         return None
 
-    async def _serve(self, request: web.BaseRequest, key: str | None) -> _Outcome:
+    async def _serve(self, request: web.BaseRequest, key: str | None, request_id: str) -> _Outcome:
         auth_error = self._authenticate(request)
         if auth_error is not None:
             return _error_outcome(auth_error)
@@ -398,7 +430,9 @@ class Sandbox:
                 if "error_after" in fault_kinds:  # answered 500, the stored result unchanged
                     status, body = 500, _encode(api_error().body())
             else:
-                status, body, keep = self._execute(route, object_id, pairs)
+                status, body, keep = self._execute(
+                    route, object_id, pairs, {"id": request_id, "idempotency_key": key}
+                )
                 if "error_after" in fault_kinds:
                     status, body, keep = 500, _encode(api_error().body()), True
         finally:
@@ -421,14 +455,22 @@ class Sandbox:
         return outcome
 
     def _execute(
-        self, route: routes.Route, object_id: str, pairs: list[tuple[str, str]]
+        self,
+        route: routes.Route,
+        object_id: str,
+        pairs: list[tuple[str, str]],
+        request: Json,
     ) -> tuple[int, bytes, bool]:
-        """Run the operation: (status, body, whether the idempotency layer stores it)."""
+        """Run the operation: (status, body, whether the idempotency layer stores it).
+        `request` ({id, idempotency_key}) is what events recorded meanwhile name."""
+        self._state.current_request = request
         try:
             params = decode(pairs)
             result = route.operation(self._state, object_id, params)
         except StripeError as error:
             return error.status, _encode(error.body()), error.stored
+        finally:
+            self._state.current_request = None
         return 200, _encode(result), True
 
     async def _run_hooks(self, hooks: list[Any], when: HookWhen, info: RequestInfo) -> None:

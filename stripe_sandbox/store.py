@@ -5,9 +5,11 @@ from __future__ import annotations
 import heapq
 import random
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import events
 from .clock import SandboxClock
 
 Json = dict[str, Any]
@@ -42,6 +44,15 @@ class AccountState:
     sequence: dict[str, int] = field(default_factory=dict)
     search_versions: dict[str, list[IndexedVersion]] = field(default_factory=dict)
     search_lag_seconds: float = 0.0
+    # Events (events.py), the webhook endpoints they go to, and who hears of each new event.
+    events: dict[str, Json] = field(default_factory=dict)
+    webhook_endpoints: dict[str, Json] = field(default_factory=dict)
+    webhook_secrets: dict[str, str] = field(default_factory=dict)
+    event_listeners: list[Callable[[Json], None]] = field(default_factory=list)
+    # The API request being executed ({id, idempotency_key}); None for the sandbox's own acts.
+    current_request: Json | None = None
+    # Where the sandbox serves (http://127.0.0.1:PORT), for URLs it hands out.
+    base_url: str = ""
     _expiries: list[tuple[int, str]] = field(default_factory=list)
     _next_sequence: int = 0
 
@@ -87,6 +98,7 @@ class AccountState:
             intent["canceled_at"] = now
             intent["amount_capturable"] = 0
             self.index_for_search(intent)
+            events.record(self, "payment_intent.canceled", intent)
 
 
 def _snapshot(intent: Json) -> Json:

@@ -11,6 +11,8 @@ import stripe
 
 from stripe_sandbox import Sandbox
 
+from .webhook_receiver import Receiver
+
 API_KEY = "sk_test_sandbox"
 
 SandboxFactory = Callable[..., Awaitable[Sandbox]]
@@ -56,3 +58,12 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 def auth(api_key: str = API_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"}
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook endpoint on 127.0.0.1 that records every delivery."""
+    started = Receiver()
+    await started.start()
+    yield started
+    await started.stop()
