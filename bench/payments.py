@@ -84,6 +84,7 @@ class RunSpec:
     label: str
     worker_args: list[str] = field(default_factory=list)
     timeout_s: float = 900.0
+    processes: int = 1  # Temporal worker processes polling the same queues
 
 
 @dataclass
@@ -131,15 +132,16 @@ async def start_process(argv: list[str], stats_path: Path, log_path: Path) -> Sy
 
 
 async def wait_until_final(
-    pool: asyncpg.Pool, query: str, n: int, deadline: float, system: SystemProcess
+    pool: asyncpg.Pool, query: str, n: int, deadline: float, systems: list[SystemProcess]
 ) -> int:
     done = 0
     while time.monotonic() < deadline:
         done = int(await pool.fetchval(query, PERIOD))
         if done >= n:
             return done
-        if system.process.returncode is not None and query == FINAL_TEMPORAL:
-            raise RuntimeError("the worker exited during the run")
+        exited = any(system.process.returncode is not None for system in systems)
+        if exited and query == FINAL_TEMPORAL:
+            raise RuntimeError("a worker exited during the run")
         await asyncio.sleep(POLL_INTERVAL_S)
     return done
 
@@ -187,28 +189,39 @@ async def measured_run(
     log_dir: Path,
     index: int,
 ) -> dict[str, Any]:
-    stats_path = log_dir / f"system-{index}.json"
+    def stats_path(k: int) -> Path:
+        return log_dir / f"system-{index}-{k}.json"
+
     if spec.system == "temporal":
-        argv = [
-            *("-m", "bench.temporal_worker", "--address", stack.temporal.address),
-            *("--task-queue", task_queue, "--database-url", database_url),
-            *("--stripe-base", sandbox.url, "--stats-out", str(stats_path)),
-            *spec.worker_args,
+        argvs = [
+            [
+                *("-m", "bench.temporal_worker", "--address", stack.temporal.address),
+                *("--task-queue", task_queue, "--database-url", database_url),
+                *("--stripe-base", sandbox.url, "--stats-out", str(stats_path(k))),
+                *spec.worker_args,
+            ]
+            for k in range(spec.processes)
         ]
         final_query, outcomes_query = FINAL_TEMPORAL, OUTCOMES_TEMPORAL
     else:
-        argv = [
-            *("-m", "bench.hand_rolled", "--database-url", database_url),
-            *("--stripe-base", sandbox.url, "--period", PERIOD),
-            *("--stats-out", str(stats_path)),
-            *spec.worker_args,
+        argvs = [
+            [
+                *("-m", "bench.hand_rolled", "--database-url", database_url),
+                *("--stripe-base", sandbox.url, "--period", PERIOD),
+                *("--stats-out", str(stats_path(0))),
+                *spec.worker_args,
+            ]
         ]
         final_query, outcomes_query = FINAL_HAND_ROLLED, OUTCOMES_HAND_ROLLED
-    system = await start_process(argv, stats_path, log_dir / f"system-{index}.log")
+    systems: list[SystemProcess] = []
     try:
-        pid = system.process.pid
+        for k, argv in enumerate(argvs):
+            log_path = log_dir / f"system-{index}-{k}.log"
+            systems.append(await start_process(argv, stats_path(k), log_path))
+        system = systems[0]
+        pids = [s.process.pid for s in systems]
         sandbox_before = await sandbox.stats()
-        cpu_before = cpu_seconds(pid)
+        cpu_before = sum(cpu_seconds(pid) for pid in pids)
         temporal_before = cpu_seconds(stack.temporal.pid)
         postgres_before = tree_cpu_seconds(stack.postgres.pid)
         starter_before = psutil.Process().cpu_times()
@@ -222,16 +235,17 @@ async def measured_run(
             system.process.stdin.write(b"go\n")
             await system.process.stdin.drain()
         launch_seconds = time.monotonic() - started
-        done = await wait_until_final(pool, final_query, spec.n, deadline, system)
+        done = await wait_until_final(pool, final_query, spec.n, deadline, systems)
         elapsed = time.monotonic() - started
-        worker_cpu = cpu_seconds(pid) - cpu_before
-        peak_rss = peak_rss_mb(pid)
+        worker_cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+        peaks = [peak_rss_mb(pid) for pid in pids]
+        peak_rss = sum(p for p in peaks if p is not None) if None not in peaks else None
         temporal_cpu = cpu_seconds(stack.temporal.pid) - temporal_before
         postgres_cpu = tree_cpu_seconds(stack.postgres.pid) - postgres_before
         starter_after = psutil.Process().cpu_times()
         sandbox_after = await sandbox.stats()
     finally:
-        process_stats = await system.stop()
+        process_stats = merged_stats([await s.stop() for s in systems])
     rows = await pool.fetch(outcomes_query, PERIOD)
     arrivals = first_authorize_arrivals(sandbox.log_path)
     return summarize(
@@ -275,6 +289,20 @@ def diff_stats(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         "by_endpoint": by_endpoint,
         "by_status": by_status,
     }
+
+
+def merged_stats(per_process: list[dict[str, Any]]) -> dict[str, Any]:
+    """One process's stats as they are; several workers' added up (peaks too: the memory of
+    the whole fleet), with each process's own under "processes"."""
+    if len(per_process) == 1:
+        return per_process[0]
+    keys = set().union(*per_process)
+    merged: dict[str, Any] = {
+        key: sum(stats.get(key, 0) for stats in per_process)
+        for key in keys
+        if all(isinstance(stats.get(key, 0), int | float) for stats in per_process)
+    }
+    return merged | {"processes": per_process}
 
 
 def summarize(
@@ -341,6 +369,7 @@ def summarize(
         "latency_ms": LATENCY_MS,
         "jitter_ms": spec.jitter_ms,
         "worker_args": spec.worker_args,
+        "worker_processes": spec.processes,
         "process_stats": process_stats,
         "machine": machine(),
         "date": date.today().isoformat(),
@@ -455,11 +484,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--server-arg", action="append", default=[], help="passed to `temporal server start-dev`"
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
+    parser.add_argument(
+        "--worker-processes",
+        type=int,
+        default=1,
+        help="Temporal worker processes on the same queues; their CPU and peak RSS are summed",
+    )
     return parser
 
 
 def main() -> None:
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
+    if args.worker_processes < 1:
+        parser.error(f"--worker-processes must be 1 or more, not {args.worker_processes}")
     specs = [
         RunSpec(
             system=system,
@@ -469,6 +507,7 @@ def main() -> None:
             label=args.label,
             worker_args=args.worker_arg if system == "temporal" else args.hand_rolled_arg,
             timeout_s=args.timeout,
+            processes=args.worker_processes if system == "temporal" else 1,
         )
         for limits in args.limits.split(",")
         for system in args.systems.split(",")

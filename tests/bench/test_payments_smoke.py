@@ -61,3 +61,36 @@ def test_ten_payments_each_way(tmp_path: Path) -> None:
         assert run["machine"]["cores"] >= 1
     assert runs[0]["history_events_per_payment"] > 0
     assert runs[1]["history_events_per_payment"] is None
+
+
+def test_two_worker_processes_are_measured_as_one_fleet(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.payments", "--n", "10", "--limits", "off"),
+            *("--systems", "temporal", "--worker-processes", "2", "--jitter-ms", "0"),
+            *("--timeout", "60", "--out", str(out)),
+        ],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+    [run] = json.loads(out.read_text())["runs"]
+    assert run["worker_processes"] == 2
+    assert run["n"] == run["completed"] == run["succeeded"] == 10
+    first, second = run["process_stats"]["processes"]
+    assert run["process_stats"]["sql_statements"] == (
+        first["sql_statements"] + second["sql_statements"]
+    )
+    assert run["worker_peak_rss_mb"] > max(first["peak_rss_mb"], second["peak_rss_mb"])
+
+
+def test_a_fleet_of_no_workers_is_refused() -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "bench.payments", "--worker-processes", "0", "--no-out"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "--worker-processes must be 1 or more, not 0" in refused.stderr
