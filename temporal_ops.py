@@ -109,6 +109,13 @@ def payment_input(row: BillableRow, policy: BillingPolicy) -> PaymentInput:
     )
 
 
+# Ask the server to hand a new payment's first workflow task straight back in the start's answer,
+# to a worker in this process on the same client (the billing run's launch activity starts
+# payments with the worker's client). The SDK asks only when such a worker has a free slot; from
+# any other process it changes nothing. Measured in docs/performance.md.
+EAGER_START = True
+
+
 async def start_payment(
     client: Client,
     payment: PaymentInput,
@@ -130,6 +137,7 @@ async def start_payment(
         ),
         search_attributes=starting_search_attributes(payment.billing_period, payment.customer_id),
         start_signal=CANCEL_SIGNAL if cancelled else None,
+        request_eager_start=EAGER_START and not cancelled,  # signal-with-start has no eager form
         static_summary=payment_summary(payment),
         static_details=payment_details(payment),
     )

@@ -49,14 +49,16 @@ from bench.seed import seed_customers
 from bench.stack import BenchStack, SandboxProcess, sandbox_process
 from billing.constants import workflow_id
 from billing.ledger import Ledger, migrate, open_pool
-from billing.models import BillingPolicy
-from temporal_ops import launch_period
+from billing.models import BillingPolicy, BillingRunInput
+from temporal_ops import launch_period, start_billing_run
 
 PERIOD = "2026-11"
 LATENCY_MS = 150
 PROCESS_READY_TIMEOUT_S = 120.0
 PROCESS_STOP_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.25
+# The billing run launches at most this many payments a second: for the benchmark, unpaced.
+UNPACED = 1000.0
 HISTORY_SAMPLE = 50
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -85,6 +87,7 @@ class RunSpec:
     worker_args: list[str] = field(default_factory=list)
     timeout_s: float = 900.0
     processes: int = 1  # Temporal worker processes polling the same queues
+    launch: str = "direct"  # "direct": from this process; "run": by the billing run, in the worker
 
 
 @dataclass
@@ -228,7 +231,10 @@ async def measured_run(
         launched = time.time()
         started = time.monotonic()
         deadline = started + spec.timeout_s
-        if spec.system == "temporal":
+        if spec.system == "temporal" and spec.launch == "run":
+            run = BillingRunInput(period=PERIOD, policy=BillingPolicy(), launch_rate=UNPACED)
+            await start_billing_run(client, run, task_queue)
+        elif spec.system == "temporal":
             await launch_period(Ledger(pool), client, PERIOD, task_queue, BillingPolicy())
         else:
             assert system.process.stdin is not None
@@ -370,6 +376,7 @@ def summarize(
         "jitter_ms": spec.jitter_ms,
         "worker_args": spec.worker_args,
         "worker_processes": spec.processes,
+        "launch": spec.launch,
         "process_stats": process_stats,
         "machine": machine(),
         "date": date.today().isoformat(),
@@ -485,6 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
     parser.add_argument(
+        "--launch",
+        choices=("direct", "run"),
+        default="direct",
+        help="Temporal: start the payments from this process (direct, timed apart), or through "
+        "the billing run's launch activity in the worker, as the Schedule does (run)",
+    )
+    parser.add_argument(
         "--worker-processes",
         type=int,
         default=1,
@@ -508,6 +522,7 @@ def main() -> None:
             worker_args=args.worker_arg if system == "temporal" else args.hand_rolled_arg,
             timeout_s=args.timeout,
             processes=args.worker_processes if system == "temporal" else 1,
+            launch=args.launch,
         )
         for limits in args.limits.split(",")
         for system in args.systems.split(",")

@@ -38,6 +38,7 @@ from bench.sqlcount import CountingConnection, counting_pool
 from billing.ledger import Ledger, migrate
 from billing.settings import Settings
 from worker import GRACEFUL_SHUTDOWN, WORKFLOW_RUNNER, serving, stripe_workers
+from workflows.billing_run import BillingRunWorkflow
 from workflows.payment import PaymentWorkflow
 from workflows.stripe_queues import StripeQueues
 
@@ -99,7 +100,7 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
             Worker(
                 client,
                 task_queue=args.task_queue,
-                workflows=[PaymentWorkflow],
+                workflows=[PaymentWorkflow, BillingRunWorkflow],  # the run: --launch run
                 activities=payments.activities + local,  # local-all: Stripe calls run here
                 interceptors=[StripeQueues()],
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
