@@ -178,6 +178,7 @@ def _payment_method_json(
         },
         "created": state.clock.now(),
         "customer": customer,
+        "customer_account": None,
         "livemode": state.livemode,
         "metadata": {},
         "type": "card",

@@ -139,7 +139,6 @@ def create(state: AccountState, _: str, params: Params) -> Json:
         "currency": charge["currency"],
         "customer": charge["customer"],
         "customer_account": None,
-        "description": None,
         "destination_details": {
             "card": {
                 "reference": None,
