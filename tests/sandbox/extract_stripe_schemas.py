@@ -8,9 +8,9 @@ stripe/openapi. From the spec it takes each object's schema: `$ref`s are resolve
 to MAX_DEPTH levels (deeper, and any other API resource such as an expanded customer, is left
 as "any object"); OpenAPI's `nullable: true` becomes a JSON Schema type that admits null;
 descriptions and `x-` extensions are dropped, and so are the sub-objects of payment method
-types other than `card`, the only type the sandbox knows. From the fixtures (Stripe's example of each
-object in the newest API version) it takes the list of fields each object has, since the spec
-may be older than the fixtures.
+types other than `card`, the only type the sandbox knows. From the fixtures (Stripe's example
+of each object in the newest API version) it takes the list of fields each object has, since
+the spec may be older than the fixtures.
 """
 
 from __future__ import annotations
