@@ -26,6 +26,9 @@ TEST_CARDS: dict[str, TestCard] = {
     "pm_card_visa_debit": TestCard("visa", "5556", funding="debit"),
     "pm_card_mastercard": TestCard("mastercard", "4444"),
     "pm_card_amex": TestCard("amex", "0005"),
+    # Succeed, then the charge is disputed once captured (disputes.py says how).
+    "pm_card_createDispute": TestCard("visa", "0259"),
+    "pm_card_createDisputeInquiry": TestCard("visa", "1976"),
     "pm_card_chargeDeclined": TestCard("visa", "0002", decline_code="generic_decline"),
     "pm_card_chargeDeclinedInsufficientFunds": TestCard(
         "visa",

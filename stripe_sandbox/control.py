@@ -8,6 +8,8 @@ DELETE /_sandbox/faults/{id}         remove one
 GET    /_sandbox/clock               {"now": unix seconds}
 POST   /_sandbox/clock/advance       {"seconds": N} (or days/hours/minutes) -> {"now": ...}
 GET    /_sandbox/payment_intents     every PaymentIntent
+GET    /_sandbox/disputes            every Dispute
+POST   /_sandbox/disputes/{id}/close {"outcome": "won" | "lost"} -> the Dispute
 POST   /_sandbox/config              {"latency_ms", "jitter_ms", "rate_limits",
                                       "search_lag_seconds"} (any subset)
 POST   /_sandbox/reset               forget all objects, keys and counters
@@ -92,6 +94,14 @@ class ControlApi:
             return _json({"now": sandbox.clock.advance(delta)})
         if (method, path) == ("GET", "/_sandbox/payment_intents"):
             return _json(sandbox.payment_intents())
+        if (method, path) == ("GET", "/_sandbox/disputes"):
+            return _json(sandbox.disputes())
+        if method == "POST" and path.startswith("/_sandbox/disputes/") and path.endswith("/close"):
+            dispute_id = path.removeprefix("/_sandbox/disputes/").removesuffix("/close")
+            try:
+                return _json(sandbox.close_dispute(dispute_id, str(body.get("outcome"))))
+            except LookupError as missing:
+                return _problem(str(missing), 404)
         if (method, path) == ("POST", "/_sandbox/config"):
             return self._configure(body)
         if (method, path) == ("POST", "/_sandbox/reset"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from .cards import TEST_CARDS, TestCard
 from .errors import invalid_request, resource_missing
 from .form import Params
-from .params import get_metadata, get_str, reject_unknown
+from .params import get_metadata, get_str, reject_unknown, update_metadata
 from .store import AccountState, Json
 
 _CUSTOMER_CREATE_PARAMS = {
@@ -78,6 +78,53 @@ def create_customer(state: AccountState, params: Params) -> Json:
     return customer
 
 
+_CUSTOMER_UPDATE_PARAMS = {
+    "description",
+    "email",
+    "expand",
+    "invoice_settings",
+    "metadata",
+    "name",
+    "phone",
+}
+
+
+def update_customer(state: AccountState, customer_id: str, params: Params) -> Json:
+    """POST /v1/customers/{id}: the fields sent change, an empty string clears one."""
+    reject_unknown(params, _CUSTOMER_UPDATE_PARAMS)
+    customer = get_customer(state, customer_id)
+    settings = params.get("invoice_settings")
+    default_pm: str | None = None
+    if settings is not None:
+        if not isinstance(settings, dict) or set(settings) - {"default_payment_method"}:
+            raise invalid_request(
+                "Only invoice_settings[default_payment_method] can be updated here.",
+                param="invoice_settings",
+            )
+        default_pm = settings.get("default_payment_method") or None
+        if default_pm is not None:
+            _check_attached(state, customer_id, default_pm)
+    update_metadata(customer["metadata"], params)
+    for name in ("description", "email", "name", "phone"):
+        if name in params:
+            customer[name] = get_str(params, name)
+    if settings is not None:
+        customer["invoice_settings"]["default_payment_method"] = default_pm
+    return customer
+
+
+def _check_attached(state: AccountState, customer_id: str, pm_id: str) -> None:
+    param = "invoice_settings[default_payment_method]"
+    payment_method = get_payment_method(state, pm_id, param=param)
+    if payment_method["customer"] != customer_id:
+        raise invalid_request(
+            f"The customer does not have a payment method with the ID {pm_id}. The payment "
+            "method must be attached to the customer.",
+            param=param,
+            code="resource_missing",
+        )
+
+
 def get_customer(state: AccountState, customer_id: str, *, param: str = "id") -> Json:
     customer = state.customers.get(customer_id)
     if customer is None:
@@ -131,6 +178,7 @@ def _payment_method_json(
         },
         "created": state.clock.now(),
         "customer": customer,
+        "customer_account": None,
         "livemode": state.livemode,
         "metadata": {},
         "type": "card",

@@ -102,6 +102,24 @@ def get_metadata(params: Params) -> dict[str, str]:
     return metadata
 
 
+def update_metadata(metadata: dict[str, str], params: Params) -> None:
+    """Apply an update's `metadata` to `metadata`: keys are set, a key sent empty is deleted,
+    and `metadata=""` deletes them all (https://stripe.com/docs/api/metadata)."""
+    raw = params.get("metadata")
+    if raw is None:
+        return
+    if raw == "":
+        metadata.clear()
+        return
+    new_values = get_metadata(params)  # a dict from here on
+    merged = {key: value for key, value in metadata.items() if key not in raw}
+    merged.update(new_values)
+    if len(merged) > 50:
+        raise invalid_request("Metadata can have at most 50 keys.", param="metadata")
+    metadata.clear()
+    metadata.update(merged)
+
+
 def get_expand(params: Params) -> list[str]:
     raw: Any = params.get("expand")
     if raw is None:

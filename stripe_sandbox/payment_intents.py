@@ -11,6 +11,8 @@ import copy
 
 from . import events
 from .cards import TestCard
+from .charges import capture_charge
+from .charges import new_charge as _new_charge
 from .customers import get_customer, get_payment_method, test_card_of
 from .errors import StripeError, invalid_request, resource_missing
 from .form import Params
@@ -125,47 +127,6 @@ def _unexpected_state(intent: Json, action: str, allowed: tuple[str, ...]) -> St
         extra={"payment_intent": copy.deepcopy(intent)},
         stored=True,
     )
-
-
-def _new_charge(
-    state: AccountState, intent: Json, card: TestCard, *, failed: bool, captured: bool
-) -> Json:
-    charge_id = state.new_id("ch")
-    charge: Json = {
-        "id": charge_id,
-        "object": "charge",
-        "amount": intent["amount"],
-        "amount_captured": intent["amount"] if captured else 0,
-        "amount_refunded": 0,
-        "balance_transaction": None,
-        "captured": captured,
-        "created": state.clock.now(),
-        "currency": intent["currency"],
-        "customer": intent["customer"],
-        "description": intent["description"],
-        "failure_code": "card_declined" if failed else None,
-        "failure_message": card.decline_message if failed else None,
-        "livemode": state.livemode,
-        "metadata": dict(intent["metadata"]),
-        "outcome": {
-            "network_status": "declined_by_network" if failed else "approved_by_network",
-            "reason": card.decline_code if failed else None,
-            "risk_level": "normal",
-            "seller_message": (
-                "The bank did not return any further details with this decline."
-                if failed
-                else "Payment complete."
-            ),
-            "type": "issuer_declined" if failed else "authorized",
-        },
-        "paid": not failed,
-        "payment_intent": intent["id"],
-        "payment_method": intent["payment_method"],
-        "refunded": False,
-        "status": "failed" if failed else "succeeded",
-    }
-    state.charges[charge_id] = charge
-    return charge
 
 
 def _decline(
@@ -331,6 +292,7 @@ def create(state: AccountState, params: Params) -> Json:
         "object": "payment_intent",
         "amount": amount,
         "amount_capturable": 0,
+        "amount_details": {"tip": {}},
         "amount_received": 0,
         "application": None,
         "application_fee_amount": None,
@@ -343,14 +305,18 @@ def create(state: AccountState, params: Params) -> Json:
         "created": state.clock.now(),
         "currency": currency.lower(),
         "customer": customer,
+        "customer_account": None,
         "description": get_str(params, "description"),
+        "excluded_payment_method_types": None,
         "last_payment_error": None,
         "latest_charge": None,
         "livemode": state.livemode,
+        "managed_payments": None,
         "metadata": metadata,
         "next_action": None,
         "on_behalf_of": None,
         "payment_method": payment_method,
+        "payment_method_configuration_details": None,
         "payment_method_options": {},
         "payment_method_types": ["card"],
         "processing": None,
@@ -439,9 +405,7 @@ def capture(state: AccountState, intent_id: str, params: Params) -> Json:
     intent["metadata"].update(metadata)
     charge = state.charges.get(intent["latest_charge"] or "")
     if charge is not None:
-        charge["captured"] = True
-        charge["amount_captured"] = amount
-        charge["amount_refunded"] = charge["amount"] - amount
+        capture_charge(state, charge, amount)
         events.record(state, "charge.captured", charge)
     state.index_for_search(intent)
     events.record(state, "payment_intent.succeeded", intent)

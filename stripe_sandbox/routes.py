@@ -6,8 +6,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import customers, events_api, payment_intents, webhook_endpoints
-from .errors import resource_missing
+from . import (
+    charges,
+    customers,
+    customers_api,
+    disputes_api,
+    events_api,
+    payment_intents,
+    refunds,
+    webhook_endpoints,
+)
 from .form import Params
 from .params import reject_unknown
 from .store import AccountState, Json
@@ -41,12 +49,8 @@ def _attach_payment_method(state: AccountState, object_id: str, params: Params) 
     return customers.attach_payment_method(state, object_id, params)
 
 
-def _retrieve_charge(state: AccountState, object_id: str, params: Params) -> Json:
-    reject_unknown(params, {"expand"})
-    charge = state.charges.get(object_id)
-    if charge is None:
-        raise resource_missing("charge", object_id, "id")
-    return charge
+def _update_customer(state: AccountState, object_id: str, params: Params) -> Json:
+    return customers.update_customer(state, object_id, params)
 
 
 def _pi_create(state: AccountState, _: str, params: Params) -> Json:
@@ -66,6 +70,8 @@ _ID = r"([A-Za-z0-9_]+)"
 ROUTES: tuple[Route, ...] = (
     Route("POST", re.compile(r"/v1/customers"), "customers.create", _create_customer),
     Route("GET", re.compile(rf"/v1/customers/{_ID}"), "customers.retrieve", _retrieve_customer),
+    Route("POST", re.compile(rf"/v1/customers/{_ID}"), "customers.update", _update_customer),
+    Route("GET", re.compile(r"/v1/customers"), "customers.list", customers_api.list_customers),
     Route(
         "GET",
         re.compile(rf"/v1/payment_methods/{_ID}"),
@@ -78,7 +84,7 @@ ROUTES: tuple[Route, ...] = (
         "payment_methods.attach",
         _attach_payment_method,
     ),
-    Route("GET", re.compile(rf"/v1/charges/{_ID}"), "charges.retrieve", _retrieve_charge),
+    Route("GET", re.compile(rf"/v1/charges/{_ID}"), "charges.retrieve", charges.retrieve),
     Route("POST", re.compile(r"/v1/payment_intents"), "payment_intents.create", _pi_create),
     Route("GET", re.compile(r"/v1/payment_intents"), "payment_intents.list", _pi_list),
     Route("GET", re.compile(r"/v1/payment_intents/search"), "payment_intents.search", _pi_search),
@@ -132,6 +138,16 @@ ROUTES: tuple[Route, ...] = (
         "webhook_endpoints.delete",
         webhook_endpoints.delete,
     ),
+)
+
+# Refunds and disputes (refunds.py, disputes.py).
+ROUTES += (
+    Route("POST", re.compile(r"/v1/refunds"), "refunds.create", refunds.create),
+    Route("GET", re.compile(r"/v1/refunds"), "refunds.list", refunds.list_refunds),
+    Route("GET", re.compile(rf"/v1/refunds/{_ID}"), "refunds.retrieve", refunds.retrieve),
+    Route("POST", re.compile(rf"/v1/refunds/{_ID}"), "refunds.update", refunds.update),
+    Route("GET", re.compile(r"/v1/disputes"), "disputes.list", disputes_api.list_disputes),
+    Route("GET", re.compile(rf"/v1/disputes/{_ID}"), "disputes.retrieve", disputes_api.retrieve),
 )
 
 ENDPOINTS: frozenset[str] = frozenset(route.endpoint for route in ROUTES)

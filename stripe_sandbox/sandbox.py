@@ -20,6 +20,7 @@ from aiohttp import web
 from . import authentication, routes
 from .clock import SandboxClock
 from .control import ControlApi
+from .disputes import close as close_dispute
 from .errors import StripeError, api_error, invalid_request
 from .faults import FaultBook, FaultRule, HookCallback, HookWhen, RequestInfo
 from .form import Params, decode, parse_pairs
@@ -249,6 +250,8 @@ class Sandbox:
                 "payment_methods": len(self._state.payment_methods),
                 "payment_intents": len(self._state.payment_intents),
                 "charges": len(self._state.charges),
+                "refunds": len(self._state.refunds),
+                "disputes": len(self._state.disputes),
             },
             "clock": self.clock.now(),
             "webhooks": self.webhooks.stats(),
@@ -257,6 +260,19 @@ class Sandbox:
     def payment_intents(self) -> list[Json]:
         """Every PaymentIntent as Stripe's JSON, oldest first (copies)."""
         return copy.deepcopy(list(self._state.payment_intents.values()))
+
+    def disputes(self) -> list[Json]:
+        """Every Dispute, oldest first (copies)."""
+        return copy.deepcopy(list(self._state.disputes.values()))
+
+    def close_dispute(self, dispute_id: str, outcome: str) -> Json:
+        """The card network decides an open dispute: `outcome` is "won" or "lost"
+        (ValueError if the dispute is closed already, LookupError if there is none)."""
+        return copy.deepcopy(close_dispute(self._state, dispute_id, outcome))
+
+    def happened(self) -> list[tuple[str, str]]:
+        """(event type, object id) of every Event, oldest first."""
+        return [(e["type"], e["data"]["object"]["id"]) for e in self._state.events.values()]
 
     def customers(self) -> list[Json]:
         return copy.deepcopy(list(self._state.customers.values()))
@@ -302,6 +318,9 @@ class Sandbox:
             headers["Idempotency-Key"] = key
         if outcome.replayed:
             headers["Idempotent-Replayed"] = "true"
+        if outcome.status == 409:
+            # Another request holds the key: a retry soon should succeed, as Stripe says.
+            headers["Stripe-Should-Retry"] = "true"
         stored = outcome.replayed or "error_after" in outcome.faults
         if outcome.status >= 500 and stored and self.mark_stored_errors:
             # The result is stored under the key; retrying would only replay it.

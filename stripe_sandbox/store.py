@@ -1,4 +1,5 @@
-"""In-memory account state: customers, payment methods, PaymentIntents and charges."""
+"""In-memory account state: customers, payment methods, PaymentIntents, charges, refunds
+and disputes."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ class AccountState:
     payment_method_cards: dict[str, str] = field(default_factory=dict)
     payment_intents: dict[str, Json] = field(default_factory=dict)
     charges: dict[str, Json] = field(default_factory=dict)
+    refunds: dict[str, Json] = field(default_factory=dict)
+    disputes: dict[str, Json] = field(default_factory=dict)
+    # (event type, object id) of what refunds and disputes did, oldest first (happenings.py)
     # insertion sequence, to order objects created in the same second
     sequence: dict[str, int] = field(default_factory=dict)
     search_versions: dict[str, list[IndexedVersion]] = field(default_factory=dict)

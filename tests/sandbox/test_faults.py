@@ -183,7 +183,7 @@ def test_fault_rules_are_validated() -> None:
     with pytest.raises(ValueError):
         FaultRule(kind="error_before", probability=1.5)
     with pytest.raises(ValueError):
-        Sandbox().add_fault(FaultRule(kind="error_before", endpoint="refunds.create"))
+        Sandbox().add_fault(FaultRule(kind="error_before", endpoint="transfers.create"))
 
 
 async def test_before_hook_with_error_before_is_a_crash_before_stripe_acted(

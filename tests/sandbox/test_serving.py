@@ -136,7 +136,7 @@ async def test_errors_use_stripes_envelope(sandbox: Sandbox, http: aiohttp.Clien
 
 
 async def test_unknown_url_is_404(sandbox: Sandbox, http: aiohttp.ClientSession) -> None:
-    async with http.get(f"{sandbox.url}/v1/refunds", headers=auth()) as response:
+    async with http.get(f"{sandbox.url}/v1/transfers", headers=auth()) as response:
         assert response.status == 404
         assert "Unrecognized request URL" in (await response.json())["error"]["message"]
 
