@@ -584,6 +584,8 @@ def print_reconciliation(result: Comparison) -> None:
             f"{stripe_total} / {ledger_total}",
         )
     summary.add_row("refunded or disputed captures", str(len(result.refunds)))
+    summary.add_row("refunds at Stripe compared with the ledger", str(len(result.refunds_compared)))
+    summary.add_row("refunds being recorded", str(len(result.refunds_being_recorded)))
     summary.add_row("stranded payments", str(len(result.of_kind(Kind.STRANDED))))
     summary.add_row("payments needing attention", str(len(result.of_kind(Kind.NEEDS_ATTENTION))))
     summary.add_row("findings", str(len(result.findings)))
