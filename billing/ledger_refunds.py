@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from billing.constants import (
     REFUNDABLE_STATUSES,
@@ -31,8 +32,7 @@ from billing.models import RefundRecord
 from billing.money import format_amount
 
 S = PaymentStatus
-# What `pool.acquire()` hands out, as asyncpg types it.
-Connection = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+Conn = PoolConnectionProxy  # what `pool.acquire()` hands out
 
 LOCK_PAYMENT_FOR_REFUND = """
 SELECT id::text, status, amount_received, currency, stripe_payment_intent_id, billing_period,
@@ -142,7 +142,7 @@ class RefundLedger:
 
     async def _reserve(
         self,
-        conn: Connection,
+        conn: Conn,
         payment: asyncpg.Record,
         refunds: list[RefundRecord],
         amount: int | None,
@@ -160,6 +160,8 @@ class RefundLedger:
                 "wait until it ends (`status PAYMENT_ID`), then ask again"
             )
         status = PaymentStatus(payment["status"])
+        if status == S.REFUNDED:
+            raise RefundRefused(f"payment {payment_id} is refunded: nothing left to refund")
         if status not in REFUNDABLE_STATUSES:
             open_payment = status not in TERMINAL_STATUSES
             hint = "; `cancel` releases a payment not captured yet" if open_payment else ""
@@ -241,7 +243,7 @@ class RefundLedger:
             await conn.execute(REFUND_FAILED, payment_id, n, code, message)
 
     @staticmethod
-    async def _locked_refund(conn: Connection, payment_id: str, n: int) -> RefundRecord:
+    async def _locked_refund(conn: Conn, payment_id: str, n: int) -> RefundRecord:
         row = await conn.fetchrow(LOCK_REFUND, payment_id, n)
         if row is None:
             raise UnknownPayment(f"payment {payment_id} has no refund {n}")
