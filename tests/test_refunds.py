@@ -85,6 +85,20 @@ async def test_a_full_refund_refunds_everything_once(
     assert event.detail["stripe_refund_id"] == row.stripe_refund_id
 
 
+async def test_cancel_of_a_refunded_payment_points_to_refund(
+    temporal_env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    sandbox: Sandbox,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    payment = await bill_one(temporal_env, pool, sandbox, settings)
+    assert await refund_with_worker(temporal_env, settings, payment.id, "--amount", "1") == 0
+    capsys.readouterr()
+    assert await execute(["cancel", payment.id], settings, temporal_env.client) == 4
+    assert f"use `refund {payment.id}`" in capsys.readouterr().out
+
+
 async def test_two_partial_refunds_add_up_to_a_full_one(
     temporal_env: WorkflowEnvironment,
     pool: asyncpg.Pool,
