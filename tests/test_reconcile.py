@@ -749,6 +749,7 @@ async def test_a_refund_made_at_stripe_behind_the_ledgers_back_is_found(
         refund = ["refund", payment.id, "--amount", "3.00"]
         assert await execute(refund, settings, temporal_env.client) == 0
     assert await execute(["reconcile", PERIOD], settings, temporal_env.client) == 0
+    assert payment.stripe_payment_intent_id is not None
     behind = await make_stripe_client(settings).v1.refunds.create_async(
         {"payment_intent": payment.stripe_payment_intent_id, "amount": 200}
     )
