@@ -1,4 +1,4 @@
-"""Operator CLI: bill a month, inspect payments, import customers, run the demo.
+"""Operator CLI: bill a month, inspect and refund payments, import customers, run the demo.
 
 Bad input gets a one-line error on stderr and exit code 2, with nothing written half-way.
 """
@@ -35,13 +35,24 @@ from billing.constants import (
     TERMINAL_STATUSES,
     CancelOutcome,
     PaymentStatus,
+    RefundReason,
+    RefundStatus,
     billing_run_id,
+    refund_workflow_id,
     workflow_id,
 )
 from billing.customers_csv import InvalidCsv, read_customers
 from billing.demo import DEMO_DUNNING, DEMO_RUN_IDLE, DEMO_WAIT, next_retry, seed_demo_customers
 from billing.durations import InvalidDuration, check_capture_delay, parse_duration
-from billing.ledger import CustomerConflict, Ledger, ReconcileLedger, migrate, open_pool
+from billing.ledger import (
+    CustomerConflict,
+    Ledger,
+    ReconcileLedger,
+    UnknownPayment,
+    migrate,
+    open_pool,
+)
+from billing.ledger_refunds import RefundLedger, RefundRefused
 from billing.logs import configure_logging
 from billing.models import (
     BillingPolicy,
@@ -49,9 +60,10 @@ from billing.models import (
     LaunchCounts,
     PaymentRecord,
     PeriodCounts,
+    RefundInput,
     RunProgress,
 )
-from billing.money import format_amount
+from billing.money import InvalidAmount, format_amount, parse_amount
 from billing.period import InvalidPeriod, billed_period, current_period, parse_period
 from billing.reconcile import Comparison, Kind, reconcile
 from billing.settings import Settings, describe_invalid
@@ -67,10 +79,13 @@ from temporal_ops import (
     payment_input,
     payment_step,
     payment_workflow_state,
+    refund_outcome,
+    refund_step,
     run_progress,
     schedule_handle,
     signal_cancel,
     start_billing_run,
+    start_refund,
 )
 
 EXIT_OK = 0
@@ -336,6 +351,15 @@ async def status(svc: Services, payment_id: str) -> None:
     for event in await svc.ledger.events(payment.id):
         change = f"{event.from_status or '-'} -> {event.to_status}"
         out.print(f"  {event.occurred_at:%Y-%m-%d %H:%M:%S} {change} {event.detail}")
+    for r in await RefundLedger.sharing_pool_of(svc.ledger).refunds(payment.id):
+        money = f"{format_amount(r.amount, r.currency)} {r.currency.upper()}"
+        failure = f"{r.failure_code}: {r.failure_message}" if r.failure_code else "-"
+        ended = r.stripe_refund_id or failure
+        out.print(
+            f"refund {r.n}  {money} {r.reason.value} {r.status.value} {ended} "
+            f"({refund_workflow_id(payment.id, r.n)}, {r.created_at:%Y-%m-%d %H:%M:%S})",
+            highlight=False,
+        )
 
 
 # `cancel` outcomes and their exit codes (documented in the README).
@@ -351,6 +375,8 @@ CANCEL_EXIT_CODES = {
 OUTCOME_OF_FINAL_STATUS = {
     PaymentStatus.CANCELLED: CancelOutcome.ALREADY_CANCELLED,
     PaymentStatus.SUCCEEDED: CancelOutcome.ALREADY_CAPTURED,
+    PaymentStatus.PARTIALLY_REFUNDED: CancelOutcome.ALREADY_CAPTURED,
+    PaymentStatus.REFUNDED: CancelOutcome.ALREADY_CAPTURED,
     PaymentStatus.FAILED: CancelOutcome.FAILED,
     PaymentStatus.NEEDS_ATTENTION: CancelOutcome.NEEDS_ATTENTION,
 }
@@ -398,6 +424,88 @@ async def request_cancel(svc: Services, payment_id: str) -> str:
         return step
     record = await svc.ledger.payment(payment_id)
     return f"{record.status.value if record else 'unknown'} (in the ledger)"
+
+
+# `refund` outcomes besides 0 (refunded) and 2 (refused, nothing written).
+EXIT_REFUND_FAILED = 5
+EXIT_REFUND_IN_FLIGHT = 6
+REFUND_TIMEOUT_S = 30.0
+
+
+def refund_reason(text: str) -> RefundReason:
+    try:
+        return RefundReason(text)
+    except ValueError:
+        choices = ", ".join(r.value for r in RefundReason)
+        raise CliError(f"invalid reason {text!r}: expected one of {choices}") from None
+
+
+async def refund(
+    svc: Services,
+    payment_id: str,
+    *,
+    amount: str | None,
+    reason: RefundReason,
+    deadline_s: float = REFUND_TIMEOUT_S,
+) -> int:
+    """Reserve the payment's next refund in the ledger, start its workflow (or attach to the
+    refund of the payment in flight, asked the same way), and wait at most `deadline_s` for
+    what Stripe did. Refused, with nothing written: an unknown payment, a bad amount, a
+    payment not captured or fully refunded, an amount above what remains."""
+    payment = await svc.ledger.payment(payment_id)
+    if payment is None:
+        raise CliError(f"unknown payment {payment_id!r}; `report YYYY-MM --json` lists the ids")
+    try:
+        minor = parse_amount(amount, payment.currency) if amount is not None else None
+    except InvalidAmount as err:
+        raise CliError(str(err)) from err
+    client = await svc.temporal()  # before anything is written
+    try:
+        reserved = await RefundLedger.sharing_pool_of(svc.ledger).reserve(payment.id, minor, reason)
+    except (RefundRefused, UnknownPayment) as err:
+        raise CliError(str(err)) from err
+    r = reserved.refund
+    money = f"{format_amount(r.amount, r.currency)} {r.currency.upper()}"
+    workflow = refund_workflow_id(payment.id, r.n)
+    try:
+        handle = await start_refund(
+            client,
+            RefundInput(
+                payment_id=payment.id,
+                n=r.n,
+                amount=r.amount,
+                currency=r.currency,
+                reason=r.reason,
+                intent_id=reserved.intent_id,
+                billing_period=reserved.billing_period,
+                customer_id=reserved.customer_id,
+            ),
+            svc.settings.task_queue,
+            payment.status,
+        )
+    except RPCError as err:
+        raise CliError(
+            f"refund {r.n} of {money} is reserved but {workflow} could not start ({err}); "
+            "run the same command again to start it"
+        ) from err
+    if reserved.new:
+        out.print(f"refund {r.n} of {money} requested: {workflow}", highlight=False)
+    else:
+        out.print(f"refund {r.n} of {money} was already in flight: following {workflow}")
+    result = await refund_outcome(handle, deadline_s)
+    if result is None:
+        step = await refund_step(client, payment.id, r.n) or "no worker answers"
+        out.print(f"refund {r.n} still in flight (step: {step}); `status {payment.id}` follows it")
+        return EXIT_REFUND_IN_FLIGHT
+    if result.status == RefundStatus.FAILED:
+        out.print(
+            f"refund {r.n} failed: {result.failure_code}: {result.failure_message}",
+            highlight=False,
+        )
+        return EXIT_REFUND_FAILED
+    status = result.payment_status.value if result.payment_status else "?"
+    out.print(f"refunded {money} ({result.stripe_refund_id}); the payment is {status}")
+    return EXIT_OK
 
 
 EXIT_DISCREPANCY = 1
@@ -476,6 +584,8 @@ def print_reconciliation(result: Comparison) -> None:
             f"{stripe_total} / {ledger_total}",
         )
     summary.add_row("refunded or disputed captures", str(len(result.refunds)))
+    summary.add_row("refunds at Stripe compared with the ledger", str(len(result.refunds_compared)))
+    summary.add_row("refunds being recorded", str(len(result.refunds_being_recorded)))
     summary.add_row("stranded payments", str(len(result.of_kind(Kind.STRANDED))))
     summary.add_row("payments needing attention", str(len(result.of_kind(Kind.NEEDS_ATTENTION))))
     summary.add_row("findings", str(len(result.findings)))
@@ -645,7 +755,30 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how long to wait for the outcome (default {CANCEL_TIMEOUT_S:g}); "
         "the request takes effect either way",
     )
-    status_cmd = commands.add_parser("status", help="show one payment and its history")
+    refund_cmd = commands.add_parser(
+        "refund",
+        help="give back part or all of a captured payment; exit 0 refunded, 2 refused "
+        "(nothing written), 5 Stripe refused it, 6 still in flight at the timeout",
+    )
+    refund_cmd.add_argument("payment_id")
+    refund_cmd.add_argument(
+        "--amount", metavar="X.YY", help="in the payment's currency (default: all that remains)"
+    )
+    refund_cmd.add_argument(
+        "--reason",
+        default=RefundReason.REQUESTED_BY_CUSTOMER.value,
+        metavar="|".join(r.value for r in RefundReason),
+        help="Stripe's refund reason (default requested_by_customer)",
+    )
+    refund_cmd.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=REFUND_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"how long to wait for Stripe's answer (default {REFUND_TIMEOUT_S:g}); "
+        "the refund goes on either way",
+    )
+    status_cmd = commands.add_parser("status", help="show one payment, its history and refunds")
     status_cmd.add_argument("payment_id")
     report_cmd = commands.add_parser("report", help="counts and amounts by status")
     report_cmd.add_argument("period", metavar="YYYY-MM")
@@ -690,8 +823,17 @@ async def dispatch(args: argparse.Namespace, settings: Settings, client: Client 
                 out.print(f"{outcome.value}; the payment is at step {step}")
             else:
                 too_late = outcome == CancelOutcome.ALREADY_CAPTURED
-                out.print(f"{outcome.value}{' (too late)' if too_late else ''}")
+                refund_hint = f" (too late); use `refund {args.payment_id}` to give money back"
+                out.print(f"{outcome.value}{refund_hint if too_late else ''}", highlight=False)
             return CANCEL_EXIT_CODES[outcome]
+        elif args.command == "refund":
+            return await refund(
+                svc,
+                args.payment_id,
+                amount=args.amount,
+                reason=refund_reason(args.reason),
+                deadline_s=args.timeout,
+            )
         elif args.command == "report":
             assert period is not None
             await report(svc, period, as_json=args.json)

@@ -29,7 +29,11 @@ from temporalio.client import (
     WorkflowQueryFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import Runtime
@@ -37,10 +41,13 @@ from temporalio.service import RPCError
 
 from billing.codec import data_converter
 from billing.constants import (
+    PAYMENT_STATUS,
     TERMINAL_STATUSES,
     CancelOutcome,
+    PaymentStatus,
     billing_run_id,
     period_search_attributes,
+    refund_workflow_id,
     starting_search_attributes,
     workflow_id,
 )
@@ -54,13 +61,22 @@ from billing.models import (
     LaunchPageInput,
     LaunchPageResult,
     PaymentInput,
+    RefundInput,
+    RefundResult,
     RunProgress,
     ScheduledBillingInput,
 )
 from billing.settings import Settings
-from billing.summaries import billing_run_summary, payment_details, payment_summary
+from billing.summaries import (
+    billing_run_summary,
+    payment_details,
+    payment_summary,
+    refund_details,
+    refund_summary,
+)
 from billing.tracing import tracing_interceptors
 from workflows.payment import PaymentWorkflow
+from workflows.refund import RefundWorkflow
 
 CANCEL_SIGNAL = "cancel"
 CANCEL_UPDATE = "cancel_payment"
@@ -361,6 +377,50 @@ async def signal_cancel(client: Client, payment_id: str) -> None:
     """The durable `cancel` signal: recorded now, acted on when a worker runs."""
     handle = client.get_workflow_handle_for(PaymentWorkflow.run, workflow_id(payment_id))
     await handle.signal(PaymentWorkflow.cancel)
+
+
+# ----- refunds ------------------------------------------------------------------------------
+
+
+RefundHandle = WorkflowHandle[RefundWorkflow, RefundResult]
+
+
+async def start_refund(
+    client: Client, refund: RefundInput, task_queue: str, payment_status: PaymentStatus
+) -> RefundHandle:
+    """Start refund n's workflow, or attach to the one running (a repeated command). A closed
+    one is run again: the ledger still holds refund n `requested` only when that run ended
+    without recording it, and a new run finds at Stripe what the closed one did."""
+    return await client.start_workflow(
+        RefundWorkflow.run,
+        refund,
+        id=refund_workflow_id(refund.payment_id, refund.n),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        search_attributes=starting_search_attributes(
+            refund.billing_period, refund.customer_id
+        ).updated(SearchAttributePair(PAYMENT_STATUS, payment_status.value)),
+        static_summary=refund_summary(refund),
+        static_details=refund_details(refund),
+    )
+
+
+async def refund_outcome(handle: RefundHandle, deadline_s: float) -> RefundResult | None:
+    """The refund's result; None when `deadline_s` passed first (it goes on)."""
+    try:
+        return await asyncio.wait_for(handle.result(), deadline_s)
+    except TimeoutError:
+        return None
+
+
+async def refund_step(client: Client, payment_id: str, n: int) -> str | None:
+    """The step a refund's running workflow is at; None when no worker answers."""
+    handle = client.get_workflow_handle_for(RefundWorkflow.run, refund_workflow_id(payment_id, n))
+    try:
+        return await handle.query(RefundWorkflow.current_step, rpc_timeout=QUERY_TIMEOUT)
+    except (RPCError, WorkflowQueryFailedError):
+        return None
 
 
 # ----- the billing run ----------------------------------------------------------------------

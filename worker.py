@@ -1,4 +1,5 @@
-"""Runs the payment and billing-run workflows and their activities until SIGINT or SIGTERM."""
+"""Runs the payment, refund and billing-run workflows and their activities until SIGINT or
+SIGTERM."""
 
 import asyncio
 import logging
@@ -27,6 +28,7 @@ from billing.tracing import start_tracing
 from temporal_ops import connect_temporal
 from workflows.billing_run import BillingRunWorkflow, MonthlyBillingWorkflow
 from workflows.payment import PaymentWorkflow
+from workflows.refund import RefundWorkflow
 from workflows.stripe_queues import StripeQueues
 
 log = logging.getLogger("billing.worker")
@@ -93,7 +95,7 @@ async def run_worker(
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[PaymentWorkflow, BillingRunWorkflow, MonthlyBillingWorkflow],
+            workflows=[PaymentWorkflow, BillingRunWorkflow, MonthlyBillingWorkflow, RefundWorkflow],
             workflow_runner=WORKFLOW_RUNNER,
             activities=payments.activities,
             interceptors=[StripeQueues()],

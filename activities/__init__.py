@@ -26,7 +26,9 @@ STRIPE_QUEUES: dict[str, tuple[str, ...]] = {
     "create": ("authorize", "authorize_unless_held"),
     # POST /v1/payment_intents/{id}/capture and /cancel (two endpoints, each under this
     # queue's rate; a read-back retrieve follows only an error or a cancel)
-    "capture": ("capture", "void"),
+    # Refunds (POST /v1/refunds, after a list of the intent's refunds) are rare: they share
+    # this queue's rate rather than hold a queue and a worker of their own.
+    "capture": ("capture", "void", "refund"),
     # GET /v1/payment_intents: the list before an authorization
     "list": ("find_authorization", "find_period_intents"),
 }
@@ -43,6 +45,8 @@ LEDGER_ACTIVITIES = (
     "begin_attempt",
     "record_cancellation",
     "record_attention",
+    "record_refund",
+    "record_refund_failure",
 )
 
 Activity = Callable[..., Awaitable[Any]]

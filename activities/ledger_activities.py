@@ -9,6 +9,7 @@ from temporalio.exceptions import ApplicationError
 
 from billing.constants import TERMINAL_STATUSES, ErrorType, PaymentStatus
 from billing.ledger import Fenced, ForbiddenTransition, Ledger, UnknownPayment
+from billing.ledger_refunds import RefundLedger
 from billing.models import (
     AttentionRecorded,
     BeginAttemptInput,
@@ -23,6 +24,8 @@ from billing.models import (
     RecordDeclineInput,
     RecordFailureInput,
     RecordPaidInput,
+    RecordRefundFailureInput,
+    RecordRefundInput,
 )
 
 
@@ -46,6 +49,7 @@ def ledger_rules_are_final() -> Iterator[None]:
 class LedgerActivities:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._ledger = Ledger(pool)
+        self._refunds = RefundLedger(pool)
 
     @activity.defn(name="record_authorization")
     async def record_authorization(self, input: RecordAuthorizationInput) -> None:
@@ -177,4 +181,21 @@ class LedgerActivities:
                 PaymentStatus.CANCELLED,
                 intent_id=input.intent_id,
                 generation=input.generation,
+            )
+
+    @activity.defn(name="record_refund")
+    async def record_refund(self, input: RecordRefundInput) -> PaymentStatus:
+        """Refund n: requested -> succeeded with Stripe's refund id; the payment moves to
+        partially_refunded or refunded. Returns the payment's status."""
+        with ledger_rules_are_final():
+            return await self._refunds.record_succeeded(
+                input.payment_id, input.n, input.refund_id, input.amount
+            )
+
+    @activity.defn(name="record_refund_failure")
+    async def record_refund_failure(self, input: RecordRefundFailureInput) -> None:
+        """Refund n: requested -> failed, with Stripe's code and message."""
+        with ledger_rules_are_final():
+            await self._refunds.record_failed(
+                input.payment_id, input.n, input.failure_code, input.failure_message
             )

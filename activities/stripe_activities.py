@@ -19,6 +19,9 @@ from billing.models import (
     FindAuthorizationInput,
     FindPeriodIntentsInput,
     PeriodIntents,
+    RefundMade,
+    RefundRefusal,
+    RefundRequest,
     VoidInput,
 )
 from billing.stripe_client import (
@@ -28,6 +31,7 @@ from billing.stripe_client import (
     ReadBackFailed,
     cancel_and_read_back,
     list_customer_intents,
+    list_intent_refunds,
     needs_read_back,
     read_once,
     stored_server_error,
@@ -117,6 +121,21 @@ def not_capturable(intent: stripe.PaymentIntent) -> ApplicationError:
         type=ErrorType.AUTHORIZATION_EXPIRED if expired else ErrorType.INTENT_NOT_CAPTURABLE,
         non_retryable=True,
     )
+
+
+# Refunds Stripe did not make, or reversed: they gave nothing back.
+REFUND_NOT_MADE = frozenset({"failed", "canceled"})
+
+
+def refund_refused(code: str, message: str) -> ApplicationError:
+    """Stripe refused the refund (`charge_already_refunded`, `amount_too_large`…): final."""
+    refusal = RefundRefusal(code=code, message=message)
+    return ApplicationError(message, refusal, type=ErrorType.REFUND_REFUSED, non_retryable=True)
+
+
+def refund_metadata(payment_id: str, n: int) -> dict[str, str]:
+    """What names refund n of a payment at Stripe, whichever key made it."""
+    return {"payment_id": payment_id, "refund_n": str(n)}
 
 
 class StripeActivities:
@@ -268,6 +287,56 @@ class StripeActivities:
         if held.captured or held.capturable:
             return held
         return PeriodIntents(capturable=(await self.authorize(input.authorize),))
+
+    @activity.defn(name="refund")
+    async def refund(self, input: RefundRequest) -> RefundMade:
+        """Refund n of a payment. The intent's refunds are listed first: one that Stripe
+        holds for this refund (its metadata names the payment and n) is returned, whatever
+        key made it, so a retry after a lost answer, or a day later, refunds nothing twice.
+        Otherwise it is created under the refund's key. Stripe's refusal fails for good."""
+        made = await self._refund_made(input)
+        if made is not None:
+            return made
+        try:
+            refund = await self._client.v1.refunds.create_async(
+                {
+                    "payment_intent": input.intent_id,
+                    "amount": input.amount,
+                    "reason": input.reason.value,
+                    "metadata": refund_metadata(input.payment_id, input.n),
+                },
+                {"idempotency_key": input.idempotency_key},
+            )
+        except stripe.IdempotencyError as err:
+            fail_for(err)
+        except stripe.InvalidRequestError as err:
+            if err.http_status != 400:
+                fail_for(err)
+            raise refund_refused(err.code or "invalid_request", str(err.user_message)) from err
+        except stripe.StripeError as err:
+            if stored_server_error(err) and (made := await self._refund_made(input)):
+                return made  # the stored 500 came after Stripe refunded
+            fail_for(err)
+        if refund.status in REFUND_NOT_MADE:
+            code = refund.failure_reason or refund.status
+            raise refund_refused(code, f"Stripe's refund {refund.id} is {refund.status}")
+        return RefundMade(refund_id=refund.id, amount=refund.amount, status=refund.status or "")
+
+    async def _refund_made(self, input: RefundRequest) -> RefundMade | None:
+        try:
+            refunds = await list_intent_refunds(self._client, input.intent_id, read=read_once)
+        except stripe.StripeError as err:
+            fail_for(err, keyed=False)
+        wanted = refund_metadata(input.payment_id, input.n)
+        for refund in refunds:
+            metadata = refund.metadata.to_dict() if refund.metadata else {}
+            if all(metadata.get(k) == v for k, v in wanted.items()):
+                if refund.status in REFUND_NOT_MADE:
+                    continue
+                return RefundMade(
+                    refund_id=refund.id, amount=refund.amount, status=refund.status or ""
+                )
+        return None
 
     async def _customer_intents(
         self, customer: str, created_after: int

@@ -20,7 +20,8 @@ class PaymentStatus(StrEnum):
     dunning attempt; authorized: an uncaptured authorization is recorded (the capture window);
     capturing: the ledger allowed the capture, which may already be at Stripe; needs_attention:
     the workflow ended on something it cannot settle alone, after voiding every hold, and a
-    person must look (`failure_code` and `failure_message` say why).
+    person must look (`failure_code` and `failure_message` say why); partially_refunded and
+    refunded: captured, then part or all of it given back by `refund` (the `refunds` table).
     """
 
     PENDING = "pending"
@@ -31,6 +32,8 @@ class PaymentStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     NEEDS_ATTENTION = "needs_attention"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    REFUNDED = "refunded"
 
 
 def starting_search_attributes(billing_period: str, customer_id: str) -> TypedSearchAttributes:
@@ -53,8 +56,32 @@ TERMINAL_STATUSES = frozenset(
         PaymentStatus.FAILED,
         PaymentStatus.CANCELLED,
         PaymentStatus.NEEDS_ATTENTION,
+        PaymentStatus.PARTIALLY_REFUNDED,
+        PaymentStatus.REFUNDED,
     }
 )
+# Statuses of a payment whose money was captured: a refund may follow only the first two.
+CAPTURED_STATUSES = frozenset(
+    {PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED}
+)
+REFUNDABLE_STATUSES = frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED})
+
+
+class RefundStatus(StrEnum):
+    """A row of the `refunds` table: `requested` is reserved before Stripe is asked, and counts
+    against what remains refundable until it ends `succeeded` or `failed` (Stripe refused)."""
+
+    REQUESTED = "requested"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class RefundReason(StrEnum):
+    """Stripe's refund reasons."""
+
+    REQUESTED_BY_CUSTOMER = "requested_by_customer"
+    DUPLICATE = "duplicate"
+    FRAUDULENT = "fraudulent"
 
 
 class ErrorType(StrEnum):
@@ -76,6 +103,8 @@ class ErrorType(StrEnum):
     CHARGED_TWICE = "ChargedTwice"
     # A ledger write from a generation older than the row's: a newer one owns the payment.
     FENCED = "FencedByNewerGeneration"
+    # Stripe refused a refund (`charge_already_refunded`, `amount_too_large`…): it ends failed.
+    REFUND_REFUSED = "RefundRefused"
 
 
 # A retryable failure type, so never in ErrorType: a 429 waits and tries again.
@@ -134,6 +163,19 @@ def billing_run_id(period: str) -> str:
 def period_search_attributes(billing_period: str) -> TypedSearchAttributes:
     """A billing run is listed with its period, as its payments are."""
     return TypedSearchAttributes([SearchAttributePair(BILLING_PERIOD, billing_period)])
+
+
+REFUND_WORKFLOW_ID_PREFIX = "refund-"
+
+
+def refund_workflow_id(payment_id: str, n: int) -> str:
+    """Refund `n` of a payment (n counts the payment's refunds from 1): one workflow each."""
+    return f"{REFUND_WORKFLOW_ID_PREFIX}{payment_id}-{n}"
+
+
+def refund_key(payment_id: str, n: int, resend: int = 0) -> str:
+    """Stripe idempotency key of refund `n`; `resend` as in `idempotency_key`."""
+    return resend_key(f"pay_{payment_id}_refund_{n}", resend)
 
 
 def idempotency_key(payment_id: str, step: str, generation: int, resend: int = 0) -> str:

@@ -1,7 +1,7 @@
 """The Postgres ledger: the system of record for customers and payments.
 
-All SQL lives here. Every payment write is a guarded transition that appends to
-`payment_events` in the same transaction.
+All SQL lives here (refunds' in billing/ledger_refunds.py). Every payment write is a guarded
+transition that appends to `payment_events` in the same transaction.
 """
 
 import json
@@ -42,7 +42,12 @@ TRANSITIONS: Mapping[PaymentStatus, frozenset[PaymentStatus]] = {
     # From any open state: it says the row and Stripe may disagree, and a person must look. Never
     # over an ended payment: a capture, a cancel or a failure recorded there stands.
     S.NEEDS_ATTENTION: _OPEN,
+    # A refund that succeeded at Stripe (billing/ledger_refunds.py): part, then all of it.
+    S.PARTIALLY_REFUNDED: frozenset({S.SUCCEEDED, S.PARTIALLY_REFUNDED}),
+    S.REFUNDED: frozenset({S.SUCCEEDED, S.PARTIALLY_REFUNDED}),
 }
+# Captured, then refunded: a late replay of the capture's record changes nothing.
+REFUNDED_AFTER_CAPTURE = frozenset({S.PARTIALLY_REFUNDED, S.REFUNDED})
 
 # States in which the row holds an authorization: a move from one of them to these targets
 # must name that PaymentIntent, never another one.
@@ -381,6 +386,8 @@ class Ledger:
                 return False  # already past recording this authorization: a replay
             if to == PaymentStatus.PENDING and generation == row["generation"]:
                 return False  # a late duplicate of a generation's begin_attempt
+            if to == S.SUCCEEDED and current in REFUNDED_AFTER_CAPTURE and not other_intent:
+                return False  # the capture was recorded, and refunds followed: a replay
             if to == PaymentStatus.SUCCEEDED and intent_id is None:
                 raise ForbiddenTransition(
                     f"payment {payment_id}: a move to succeeded must name the captured "

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from billing.constants import PaymentStatus
+from billing.constants import PaymentStatus, RefundReason, RefundStatus
 
 
 class Frozen(BaseModel):
@@ -388,3 +388,87 @@ class ScheduledBillingInput(Frozen):
     time_zone: str = "UTC"
     # Bill the month before the fire time (in arrears), or the month of it.
     in_arrears: bool = True
+
+
+# ----- refunds: one workflow per refund of a captured payment --------------------------------
+
+
+class RefundRecord(Frozen):
+    """A row of the `refunds` table."""
+
+    payment_id: str
+    n: int
+    amount: int
+    currency: str
+    reason: RefundReason
+    status: RefundStatus
+    stripe_refund_id: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class RefundInput(Frozen):
+    """Refund `n` of a payment, as reserved in the ledger before its workflow starts."""
+
+    payment_id: str
+    n: int = Field(ge=1)
+    amount: int = Field(gt=0)
+    currency: str
+    reason: RefundReason
+    intent_id: str  # the captured PaymentIntent
+    billing_period: str
+    customer_id: str
+
+
+class RefundRequest(Frozen):
+    """What the `refund` activity sends to Stripe."""
+
+    payment_id: str
+    n: int
+    intent_id: str
+    amount: int
+    reason: RefundReason
+    idempotency_key: str
+
+
+class RefundMade(Frozen):
+    """The refund Stripe holds for a request, made now or found."""
+
+    refund_id: str
+    amount: int
+    status: str  # Stripe's: succeeded, pending…
+
+
+class RefundRefusal(Frozen):
+    """Why Stripe refused a refund, carried as the details of a `RefundRefused` error."""
+
+    code: str
+    message: str
+
+
+class RecordRefundInput(Frozen):
+    payment_id: str
+    n: int
+    refund_id: str
+    amount: int
+
+
+class RecordRefundFailureInput(Frozen):
+    payment_id: str
+    n: int
+    failure_code: str
+    failure_message: str
+
+
+class RefundResult(Frozen):
+    payment_id: str
+    n: int
+    status: RefundStatus
+    amount: int
+    currency: str
+    stripe_refund_id: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+    payment_status: PaymentStatus | None = None  # after a refund that succeeded

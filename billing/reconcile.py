@@ -2,7 +2,9 @@
 
 It reads the period's payments, then each of their Stripe customers' PaymentIntents (listed by
 customer and `created`, never searched, since search lags writes), then the workflow of each
-open payment. billing/reconcile_checks.py compares them per (Stripe customer, period).
+open payment. billing/reconcile_checks.py compares them per (Stripe customer, period). Then
+it lists the refunds of every capture with something refunded (or refunded in the ledger),
+and billing/reconcile_refunds.py compares them with the ledger's, one by one.
 
 `--fix` only cancels uncaptured authorizations that no open payment holds. It never captures,
 refunds or otherwise touches captured money, never restarts a workflow, and records each
@@ -20,6 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from billing.constants import TERMINAL_STATUSES, resend_key, workflow_id
 from billing.ledger import BilledPayment, ReconcileLedger
+from billing.ledger_refunds import RefundLedger
 from billing.reconcile_checks import (
     Comparison,
     Finding,
@@ -27,13 +30,17 @@ from billing.reconcile_checks import (
     IntentView,
     Kind,
     VoidOutcome,
+    belongs,
     compare,
 )
+from billing.reconcile_refunds import RefundView, check_refunds, intents_to_list
 from billing.stripe_client import (
     CAPTURABLE,
+    CAPTURED,
     ReadBackFailed,
     cancel_and_read_back,
     list_customer_intents,
+    list_intent_refunds,
     read_retried,
     stored_server_error,
 )
@@ -79,10 +86,39 @@ async def reconcile(
     elsewhere = {pid: p for pid, p in known.items() if p.billing_period != period}
     closed = await closed_workflows(ledger, temporal, payments)
     result = compare(period, payments, intents, elsewhere, closed)
+    await compare_refunds(result, ledger, client, period, payments, intents)
     if fix:
         for orphan in result.orphans:
             result.fixes.append(await _fix_orphan(ledger, client, period, orphan))
     return result
+
+
+async def compare_refunds(
+    result: Comparison,
+    ledger: ReconcileLedger,
+    client: stripe.StripeClient,
+    period: str,
+    payments: Sequence[BilledPayment],
+    intents: Sequence[IntentView],
+) -> None:
+    """Stripe's refunds of the period's captures against the ledger's refunds."""
+    in_ledger = await RefundLedger.sharing_pool_of(ledger).period_refunds(period)
+    ours = [i for i in intents if i.status == CAPTURED and belongs(i, period, {})]
+    customer_of_intent = {i.id: i.customer for i in ours}
+    listed = intents_to_list(
+        ((i.id, i.refunded) for i in ours),
+        in_ledger,
+        {p.id: p.stripe_payment_intent_id for p in payments},
+    )
+    slots = asyncio.Semaphore(CONCURRENT_CUSTOMERS)
+
+    async def refunds_of(intent_id: str) -> list[RefundView]:
+        async with slots:
+            found = await list_intent_refunds(client, intent_id, read=read_retried)
+        return [RefundView.of(r, customer_of_intent.get(intent_id)) for r in found]
+
+    at_stripe = [r for found in await asyncio.gather(*map(refunds_of, listed)) for r in found]
+    check_refunds(result, at_stripe, in_ledger, {p.id: p.stripe_customer_id for p in payments})
 
 
 async def stripe_intents(

@@ -11,7 +11,7 @@ from enum import StrEnum
 
 import stripe
 
-from billing.constants import TERMINAL_STATUSES, PaymentStatus, workflow_id
+from billing.constants import CAPTURED_STATUSES, TERMINAL_STATUSES, PaymentStatus, workflow_id
 from billing.ledger import BilledPayment
 from billing.models import PaymentRecord
 from billing.stripe_client import CAPTURABLE, CAPTURED
@@ -34,6 +34,10 @@ class Kind(StrEnum):
     ORPHAN = "orphan authorization"
     STRANDED = "stranded"
     NEEDS_ATTENTION = "needs attention"
+    # Refunds, compared one by one (billing/reconcile_refunds.py).
+    REFUND_NOT_IN_LEDGER = "refund not in ledger"
+    REFUND_NOT_AT_STRIPE = "refund not at Stripe"
+    REFUND_AMOUNT = "refund amount mismatch"
 
 
 # What a person does about each kind `--fix` leaves; `{period}` is filled in.
@@ -47,6 +51,9 @@ NEXT_STEP: Mapping[Kind, str] = {
     Kind.ORPHAN: "run `reconcile {period} --fix` to void it once its payment has ended",
     Kind.STRANDED: "run `bill {period}` to resume",
     Kind.NEEDS_ATTENTION: "read the reason (`status PAYMENT_ID`) and settle it by hand in Stripe",
+    Kind.REFUND_NOT_IN_LEDGER: "find who refunded in Stripe, and record or explain it by hand",
+    Kind.REFUND_NOT_AT_STRIPE: "check the refund in Stripe; the ledger says money went back",
+    Kind.REFUND_AMOUNT: "compare the refund in Stripe with the ledger's and correct by hand",
 }
 
 
@@ -165,6 +172,10 @@ class Comparison:
     stripe_captured: dict[str, int] = field(default_factory=dict)
     ledger_succeeded: dict[str, int] = field(default_factory=dict)
     refunds: list[Refund] = field(default_factory=list)
+    # Refunds compared one by one (Stripe's ids): all of them, and those at Stripe whose
+    # ledger row is still `requested` (their workflow records them).
+    refunds_compared: list[str] = field(default_factory=list)
+    refunds_being_recorded: list[str] = field(default_factory=list)
     fixes: list[Fix] = field(default_factory=list)
 
     def of_kind(self, kind: Kind) -> list[Finding]:
@@ -278,7 +289,7 @@ class _GroupCheck:
                     )
                 )
         for payment in self.group.payments:
-            if payment.status == S.SUCCEEDED:
+            if payment.status in CAPTURED_STATUSES:
                 _add(self.result.ledger_succeeded, payment.currency, payment.amount_received or 0)
         self.double_charge()
         for intent in self.captured:
@@ -357,7 +368,7 @@ class _GroupCheck:
             self.result.captures_being_recorded.append(intent.id)
 
     def succeeded_payment(self, payment: BilledPayment) -> None:
-        if payment.status != S.SUCCEEDED:
+        if payment.status not in CAPTURED_STATUSES:
             return
         if not self.captured:
             self.add(
@@ -385,7 +396,7 @@ class _GroupCheck:
             _add(stripe_side, intent.currency, intent.amount_received)
         ledger_side: dict[str, int] = {}
         for p in self.group.payments:
-            if p.status == S.SUCCEEDED:
+            if p.status in CAPTURED_STATUSES:
                 _add(ledger_side, p.currency, p.amount_received or 0)
         if stripe_side == ledger_side:
             return

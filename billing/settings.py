@@ -83,7 +83,7 @@ class Settings(BaseSettings):
         default=20.0, gt=0, description="Authorizations (PaymentIntent creates) started per second."
     )
     stripe_capture_per_second: float = Field(
-        default=20.0, gt=0, description="Captures and voids started per second."
+        default=20.0, gt=0, description="Captures, voids and refunds started per second."
     )
     stripe_list_per_second: float = Field(
         default=20.0, gt=0, description="PaymentIntent lists (converging) started per second."

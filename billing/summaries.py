@@ -10,7 +10,7 @@ may change under running workflows.
 from datetime import datetime, timedelta
 
 from billing.durations import format_duration
-from billing.models import PaymentInput
+from billing.models import PaymentInput, RefundInput
 from billing.money import format_amount
 
 
@@ -39,6 +39,24 @@ def payment_details(payment: PaymentInput) -> str:
             f"**Card** {payment.payment_method_id}",
             f"**Capture window** {window}",
             f"**Dunning retries after** {dunning}",
+        ]
+    )
+
+
+def refund_summary(refund: RefundInput) -> str:
+    """One line for a refund's page: `Refund 12.00 EUR of pi_… (refund 1)`."""
+    return (
+        f"Refund {amount_text(refund.amount, refund.currency)} of {refund.intent_id} "
+        f"(refund {refund.n})"
+    )
+
+
+def refund_details(refund: RefundInput) -> str:
+    return "\n".join(
+        [
+            f"**Payment** {refund.payment_id} ({refund.billing_period})",
+            f"**Customer** {refund.customer_id}",
+            f"**Reason** {refund.reason}",
         ]
     )
 

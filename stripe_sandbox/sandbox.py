@@ -261,6 +261,10 @@ class Sandbox:
         """Every PaymentIntent as Stripe's JSON, oldest first (copies)."""
         return copy.deepcopy(list(self._state.payment_intents.values()))
 
+    def refunds(self) -> list[Json]:
+        """Every Refund, oldest first (copies)."""
+        return copy.deepcopy(list(self._state.refunds.values()))
+
     def disputes(self) -> list[Json]:
         """Every Dispute, oldest first (copies)."""
         return copy.deepcopy(list(self._state.disputes.values()))

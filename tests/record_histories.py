@@ -15,12 +15,14 @@ from pathlib import Path
 
 from temporalio.client import WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from billing.constants import (
     CancelOutcome,
     ErrorType,
     PaymentStatus,
+    refund_workflow_id,
     starting_search_attributes,
     workflow_id,
 )
@@ -31,11 +33,21 @@ from billing.models import (
     PaymentMethodUpdate,
     PaymentState,
     PeriodIntents,
+    RefundInput,
 )
 from local_stack.temporal import start_local_environment
-from tests.stubs import StubActivities, business_error, declined, payment_input
+from tests.stubs import (
+    RefundStubs,
+    StubActivities,
+    business_error,
+    declined,
+    payment_input,
+    refund_input,
+    refused,
+)
 from worker import WORKFLOW_RUNNER
 from workflows.payment import PaymentWorkflow
+from workflows.refund import RefundWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 TASK_QUEUE = "record-histories"
@@ -220,9 +232,46 @@ def cases() -> dict[str, Case]:
     }
 
 
+# Recorded 2026-11-28, the first RefundWorkflow histories.
+def refund_cases() -> dict[str, RefundStubs]:
+    return {
+        "refund_succeeded": RefundStubs(refund_errors=[RuntimeError("reset")]),
+        "refund_new_key_after_stored_500": RefundStubs(
+            refund_errors=[business_error(ErrorType.STRIPE_OUTCOME_UNKNOWN)],
+            payment_status=PaymentStatus.PARTIALLY_REFUNDED,
+        ),
+        "refund_refused": RefundStubs(refund_errors=[refused("charge_already_refunded")]),
+    }
+
+
+async def record_refund(env: WorkflowEnvironment, name: str, stubs: RefundStubs) -> None:
+    refund: RefundInput = refund_input()
+    async with Worker(
+        env.client,
+        task_queue=TASK_QUEUE,
+        workflows=[RefundWorkflow],
+        activities=stubs.all(),
+        workflow_runner=WORKFLOW_RUNNER,
+    ):
+        handle = await env.client.start_workflow(
+            RefundWorkflow.run,
+            refund,
+            id=refund_workflow_id(refund.payment_id, refund.n),
+            task_queue=TASK_QUEUE,
+            search_attributes=starting_search_attributes(refund.billing_period, refund.customer_id),
+        )
+        await handle.result()
+    history = await handle.fetch_history()
+    (HISTORIES / f"{name}.json").write_text(history.to_json())
+    print(f"recorded {name}")
+
+
 async def record(names: list[str]) -> None:
     env = await start_local_environment(data_converter=pydantic_data_converter)
     try:
+        for name, stubs in refund_cases().items():
+            if name in names:
+                await record_refund(env, name, stubs)
         for name, case in cases().items():
             if name not in names:
                 continue
@@ -263,7 +312,7 @@ def main() -> None:
     args = parser.parse_args()
     names = [
         n
-        for n in cases()
+        for n in [*cases(), *refund_cases()]
         if not (HISTORIES / f"{n}.json").exists() or (args.all and n not in FROZEN)
     ]
     asyncio.run(record(names))

@@ -9,7 +9,7 @@ from datetime import datetime
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from billing.constants import ErrorType, PaymentStatus
+from billing.constants import ErrorType, PaymentStatus, RefundReason
 from billing.models import (
     Authorization,
     AuthorizeInput,
@@ -34,6 +34,12 @@ from billing.models import (
     RecordDeclineInput,
     RecordFailureInput,
     RecordPaidInput,
+    RecordRefundFailureInput,
+    RecordRefundInput,
+    RefundInput,
+    RefundMade,
+    RefundRefusal,
+    RefundRequest,
     VoidInput,
 )
 
@@ -238,3 +244,55 @@ class StubActivities:
 
     def when(self, name: str) -> list[datetime]:
         return [t for n, t in self.scheduled if n == name]
+
+
+def refund_input() -> RefundInput:
+    return RefundInput(
+        payment_id=str(uuid.uuid4()),
+        n=1,
+        amount=4200,
+        currency="usd",
+        reason=RefundReason.REQUESTED_BY_CUSTOMER,
+        intent_id="pi_captured",
+        billing_period="2026-11",
+        customer_id=str(uuid.uuid4()),
+    )
+
+
+def refused(code: str) -> ApplicationError:
+    refusal = RefundRefusal(code=code, message=f"Stripe refused: {code}")
+    return ApplicationError(
+        refusal.message, refusal, type=ErrorType.REFUND_REFUSED, non_retryable=True
+    )
+
+
+@dataclass
+class RefundStubs:
+    """The refund workflow's activities: `refund_errors` are raised by successive refund
+    calls until used up, then it refunds; the ledger records what it is told."""
+
+    refund_errors: list[Exception] = field(default_factory=list)
+    payment_status: PaymentStatus = PaymentStatus.REFUNDED
+    calls: list[tuple[str, object]] = field(default_factory=list)
+
+    def all(self) -> list[Callable[..., Awaitable[object]]]:
+        @activity.defn(name="refund")
+        async def refund(input: RefundRequest) -> RefundMade:
+            self.calls.append(("refund", input))
+            if self.refund_errors:
+                raise self.refund_errors.pop(0)
+            return RefundMade(refund_id=f"re_{input.n}", amount=input.amount, status="succeeded")
+
+        @activity.defn(name="record_refund")
+        async def record_refund(input: RecordRefundInput) -> PaymentStatus:
+            self.calls.append(("record_refund", input))
+            return self.payment_status
+
+        @activity.defn(name="record_refund_failure")
+        async def record_refund_failure(input: RecordRefundFailureInput) -> None:
+            self.calls.append(("record_refund_failure", input))
+
+        return [refund, record_refund, record_refund_failure]
+
+    def inputs(self, name: str) -> list[object]:
+        return [input for n, input in self.calls if n == name]

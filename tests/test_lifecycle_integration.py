@@ -179,7 +179,10 @@ async def test_cancel_before_billing_starts_the_payment_cancelled(
 @pytest.mark.parametrize(
     ("card", "expected"),
     [
-        ("pm_card_visa", (4, "already captured (too late)")),
+        (
+            "pm_card_visa",
+            (4, "already captured (too late); use `refund {id}` to give money back"),
+        ),
         ("pm_card_chargeDeclined", (5, "failed")),
     ],
 )
@@ -193,7 +196,11 @@ async def test_cancel_after_the_end_says_how_it_ended(
     expected: tuple[int, str],
 ) -> None:
     payment = await bill_one(temporal_env, pool, sandbox, settings, card=card)
-    assert await cancel(payment.id, settings, temporal_env, capsys) == expected
+    code, says = expected
+    assert await cancel(payment.id, settings, temporal_env, capsys) == (
+        code,
+        says.format(id=payment.id),
+    )
     [after] = await Ledger(pool).period_payments(PERIOD)
     assert after.status == payment.status
 

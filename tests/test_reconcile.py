@@ -10,12 +10,18 @@ import pytest
 import stripe
 from temporalio.testing import WorkflowEnvironment
 
-from billing.constants import PaymentStatus, starting_search_attributes, workflow_id
+from billing.constants import (
+    PaymentStatus,
+    RefundStatus,
+    starting_search_attributes,
+    workflow_id,
+)
 from billing.demo import seed_demo_customers
 from billing.ledger import BilledPayment, Ledger, ReconcileLedger
-from billing.models import BillingPolicy
+from billing.models import BillingPolicy, RefundRecord
 from billing.reconcile import IntentView, Kind, VoidOutcome, compare, reconcile
-from billing.reconcile_checks import charge_refund
+from billing.reconcile_checks import Comparison, charge_refund
+from billing.reconcile_refunds import RefundView, check_refunds
 from billing.settings import Settings
 from billing.stripe_client import (
     LIST_PAGE,
@@ -678,3 +684,83 @@ async def test_a_void_reads_the_intent_back_when_stripe_does_not_answer_plainly(
     with pytest.raises(ReadBackFailed) as failed:
         await cancel(taken.id, "void_5")
     assert isinstance(failed.value.error, stripe.APIError)
+
+
+def ledger_refund(
+    payment_id: str, n: int, amount: int, status: RefundStatus, **more: object
+) -> RefundRecord:
+    now = datetime.now(UTC)
+    return RefundRecord.model_validate(
+        {
+            "payment_id": payment_id,
+            "n": n,
+            "amount": amount,
+            "currency": "usd",
+            "reason": "requested_by_customer",
+            "status": status,
+            "created_at": now,
+            "updated_at": now,
+            **more,
+        }
+    )
+
+
+def test_refunds_are_compared_one_by_one() -> None:
+    paid = record(PaymentStatus.PARTIALLY_REFUNDED, amount_received=1000)
+    at_stripe = [
+        RefundView("re_same", "pi_1", 300, "usd", "succeeded", "cus_1", paid.id, 1),
+        RefundView("re_amount", "pi_1", 200, "usd", "succeeded", "cus_1", paid.id, 2),
+        RefundView("re_in_flight", "pi_1", 100, "usd", "succeeded", "cus_1", paid.id, 4),
+        RefundView("re_elsewhere", "pi_1", 50, "usd", "succeeded", "cus_1"),
+        RefundView("re_failed", "pi_1", 50, "usd", "failed", "cus_1"),
+    ]
+    in_ledger = [
+        ledger_refund(paid.id, 1, 300, RefundStatus.SUCCEEDED, stripe_refund_id="re_same"),
+        ledger_refund(paid.id, 2, 250, RefundStatus.SUCCEEDED, stripe_refund_id="re_amount"),
+        ledger_refund(paid.id, 3, 100, RefundStatus.SUCCEEDED, stripe_refund_id="re_gone"),
+        ledger_refund(paid.id, 4, 100, RefundStatus.REQUESTED),
+        ledger_refund(paid.id, 5, 100, RefundStatus.FAILED, failure_code="amount_too_large"),
+    ]
+    result = Comparison(period=PERIOD)
+    check_refunds(result, at_stripe, in_ledger, {paid.id: "cus_1"})
+    assert [(f.kind, f.payment_id, f.amount) for f in result.findings] == [
+        (Kind.REFUND_AMOUNT, paid.id, 250),
+        (Kind.REFUND_NOT_IN_LEDGER, None, 50),
+        (Kind.REFUND_NOT_AT_STRIPE, paid.id, 100),
+    ]
+    assert result.refunds_being_recorded == ["re_in_flight"]
+    assert "re_failed" not in result.refunds_compared
+    assert not result.clean
+
+
+async def test_a_refund_made_at_stripe_behind_the_ledgers_back_is_found(
+    temporal_env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    sandbox: Sandbox,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A refund through `starter.py refund` reconciles clean; one made in Stripe's dashboard
+    afterwards is a finding, and only that one."""
+    await add_customer(Ledger(pool), make_stripe_client(settings), "pm_card_visa", amount=1000)
+    await bill_and_wait(temporal_env, settings)
+    [payment] = await Ledger(pool).period_payments(PERIOD)
+    async with running_worker(settings, temporal_env.client):
+        refund = ["refund", payment.id, "--amount", "3.00"]
+        assert await execute(refund, settings, temporal_env.client) == 0
+    assert await execute(["reconcile", PERIOD], settings, temporal_env.client) == 0
+    assert payment.stripe_payment_intent_id is not None
+    behind = await make_stripe_client(settings).v1.refunds.create_async(
+        {"payment_intent": payment.stripe_payment_intent_id, "amount": 200}
+    )
+    result = await reconcile(
+        ReconcileLedger(pool), make_stripe_client(settings), temporal_env.client, PERIOD
+    )
+    assert [(f.kind, f.intent_id, f.amount) for f in result.findings] == [
+        (Kind.REFUND_NOT_IN_LEDGER, payment.stripe_payment_intent_id, 200)
+    ]
+    assert behind.id in result.findings[0].detail and len(result.refunds_compared) == 2
+    capsys.readouterr()
+    assert await execute(["reconcile", PERIOD], settings, temporal_env.client) == 1
+    output = capsys.readouterr().out
+    assert "refund not in ledger: find who refunded in Stripe" in output

@@ -7,9 +7,10 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from tests.record_histories import cases
+from tests.record_histories import cases, refund_cases
 from worker import WORKFLOW_RUNNER
 from workflows.payment import PaymentWorkflow
+from workflows.refund import RefundWorkflow
 from workflows.stripe_queues import StripeQueues
 
 HISTORIES = {
@@ -19,7 +20,7 @@ HISTORIES = {
 
 
 def test_histories_are_checked_in() -> None:
-    assert set(HISTORIES) >= set(cases())
+    assert set(HISTORIES) >= set(cases()) | set(refund_cases())
 
 
 @pytest.mark.parametrize("name", HISTORIES)
@@ -29,7 +30,7 @@ async def test_history_replays(name: str, stripe_queues: bool) -> None:
     now schedule the Stripe calls on their own queues (StripeQueues), which replay ignores."""
     history = WorkflowHistory.from_json(name, HISTORIES[name])
     replayer = Replayer(
-        workflows=[PaymentWorkflow],
+        workflows=[PaymentWorkflow, RefundWorkflow],
         data_converter=pydantic_data_converter,
         interceptors=[StripeQueues()] if stripe_queues else [],
         workflow_runner=WORKFLOW_RUNNER,

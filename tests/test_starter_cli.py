@@ -44,7 +44,16 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 def test_help_lists_every_command() -> None:
     result = starter("--help")
     assert result.returncode == 0
-    for command in ("bill", "cancel", "status", "report", "reconcile", "customers", "demo"):
+    for command in (
+        "bill",
+        "cancel",
+        "refund",
+        "status",
+        "report",
+        "reconcile",
+        "customers",
+        "demo",
+    ):
         assert command in result.stdout
 
 

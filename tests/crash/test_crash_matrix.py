@@ -8,6 +8,9 @@ Stripe executes), by a test-installed trigger that makes a ledger transition wai
 advisory lock the test holds (before the UPDATE, or at COMMIT), or by the payment's state while
 it waits in its capture window.
 
+Refunds get the same: a kill before the refund request, while Stripe acts, after Stripe
+answered, and around the ledger's record of it.
+
 The second half plays an operator against the payment, with a kill at the worst moment: a
 Temporal cancellation request (the Web UI's "Request Cancellation"), a terminate followed by
 `bill`, a cancel written in SQL, a restore of the payments table, a card changed during
@@ -28,12 +31,13 @@ from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from billing.constants import PaymentStatus, workflow_id
+from billing.constants import PaymentStatus, RefundStatus, refund_workflow_id, workflow_id
 from billing.ledger import Ledger
-from billing.models import NewCustomer, PaymentRecord, PaymentResult
+from billing.ledger_refunds import RefundLedger
+from billing.models import NewCustomer, PaymentRecord, PaymentResult, RefundResult
 from billing.settings import Settings
 from billing.stripe_client import make_stripe_client
-from starter import execute
+from starter import EXIT_REFUND_IN_FLIGHT, execute
 from stripe_sandbox import FaultRule, RequestInfo, Sandbox
 from temporal_ops import launch_period
 from tests.crash.harness import (
@@ -629,4 +633,79 @@ async def test_a_customer_imported_twice_is_billed_once(scene: Scene, tmp_path: 
     assert again.id == payment.id
     assert await scene.pool.fetchval("SELECT count(*) FROM customers") == 1
     await scene.assert_ended(payment.id, S.SUCCEEDED, created=1, captured=1)
+    assert await scene.reconcile() == 0
+
+
+# ----- refunds ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RefundCase:
+    id: str
+    point: StripePoint | LedgerPoint
+    # Stripe refuses the killed attempt's request before acting (error_before), so that the
+    # kill comes before the refund; without it, Stripe refunds for a worker already gone.
+    refused_first: bool = False
+
+
+REFUND_CASES = [
+    RefundCase("before-the-request", StripePoint("refunds.create", "before"), refused_first=True),
+    RefundCase("while-stripe-acts", StripePoint("refunds.create", "before")),
+    RefundCase("after-stripe-answered", StripePoint("refunds.create", "after")),
+    *(
+        RefundCase(f"ledger-{when}-recording", LedgerPoint(S.SUCCEEDED, S.REFUNDED, when))
+        for when in ("before", "after")
+    ),
+]
+
+
+@pytest.mark.parametrize("case", REFUND_CASES, ids=[c.id for c in REFUND_CASES])
+async def test_sigkill_during_a_refund(case: RefundCase, scene: Scene, database_url: str) -> None:
+    """Killed before the refund request, while Stripe acts, after Stripe answered, and
+    before or at the ledger's record of it: one refund at Stripe, and the ledger agrees."""
+    await scene.customer(VISA)
+    scene.workers.start()
+    payment = await scene.bill()
+    await wait_for_status(scene.pool, payment.id, S.SUCCEEDED)
+    trap = LedgerTrap(database_url)
+    point = case.point
+    if isinstance(point, StripePoint):
+        scene.sandbox.add_hook(point.endpoint, point.when, scene.kill)
+        if case.refused_first:
+            scene.sandbox.add_fault(FaultRule("error_before", endpoint=point.endpoint, nth=1))
+    else:
+        await trap.arm(point.source, point.target, point.when)
+    try:
+        refunding = ["refund", payment.id, "--timeout", "1"]
+        assert await execute(refunding, scene.settings, scene.client) == EXIT_REFUND_IN_FLIGHT
+        handle = scene.client.get_workflow_handle(
+            refund_workflow_id(payment.id, 1), result_type=RefundResult
+        )
+        if isinstance(point, LedgerPoint):
+            backend = await trap.wait_until_trapped()
+            scene.kill()
+            await asyncio.to_thread(scene.workers.started[-1].wait, 30)
+            await trap.release(backend)
+            reached = point.source if point.when == "before" else point.target
+            assert await payment_status(scene.pool, payment.id) == reached
+        await scene.dead()
+        await scene.restart(handle)
+        async with asyncio.timeout(END_TIMEOUT_S):
+            result = await handle.result()
+    finally:
+        await trap.close()
+
+    assert result.status == RefundStatus.SUCCEEDED and result.payment_status == S.REFUNDED
+    [refund] = scene.sandbox.refunds()
+    assert refund["payment_intent"] == payment.stripe_payment_intent_id
+    assert refund["amount"] == payment.amount and refund["id"] == result.stripe_refund_id
+    [row] = await RefundLedger(scene.pool).refunds(payment.id)
+    assert (row.status, row.stripe_refund_id, row.amount) == (
+        RefundStatus.SUCCEEDED,
+        refund["id"],
+        payment.amount,
+    )
+    assert await payment_status(scene.pool, payment.id) == S.REFUNDED
+    moves = [(e.from_status, e.to_status) for e in await scene.ledger.events(payment.id)]
+    assert moves.count((S.SUCCEEDED, S.REFUNDED)) == 1
     assert await scene.reconcile() == 0

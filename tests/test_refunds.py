@@ -1,0 +1,278 @@
+"""`starter.py refund` against the real worker, dev server, PostgreSQL and the sandbox: full
+and partial refunds, what is refused with nothing written, a repeated command, Stripe's
+refusal, faults on the refund call, and `status`."""
+
+from typing import Any
+
+import asyncpg
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from billing.constants import PaymentStatus, RefundStatus, refund_key, refund_workflow_id
+from billing.ledger import Ledger
+from billing.ledger_refunds import RefundLedger
+from billing.models import PaymentRecord
+from billing.settings import Settings
+from billing.stripe_client import make_stripe_client
+from starter import EXIT_REFUND_FAILED, EXIT_REFUND_IN_FLIGHT, execute
+from stripe_sandbox import FaultRule, Sandbox
+from stripe_sandbox.faults import FaultKind
+from tests.support import running_worker
+from tests.test_lifecycle_integration import bill_one
+
+S = PaymentStatus
+CAPTURED = 2500  # tests.support.add_customer's amount: 25.00 USD
+
+
+async def refund(env: WorkflowEnvironment, settings: Settings, payment_id: str, *args: str) -> int:
+    return await execute(["refund", payment_id, *args], settings, env.client)
+
+
+async def refund_with_worker(
+    env: WorkflowEnvironment, settings: Settings, payment_id: str, *args: str
+) -> int:
+    async with running_worker(settings, env.client):
+        return await refund(env, settings, payment_id, *args)
+
+
+async def written(pool: asyncpg.Pool, payment: PaymentRecord, sandbox: Sandbox) -> Any:
+    """Everything a refund could write: the payment row, its events, its refunds and
+    Stripe's refunds."""
+    ledger = Ledger(pool)
+    return (
+        await ledger.payment(payment.id),
+        await ledger.events(payment.id),
+        await RefundLedger(pool).refunds(payment.id),
+        sandbox.refunds(),
+    )
+
+
+def stripe_refunds(sandbox: Sandbox, payment: PaymentRecord) -> list[tuple[int, str]]:
+    return [
+        (r["amount"], r["metadata"].get("refund_n", "-"))
+        for r in sandbox.refunds()
+        if r["payment_intent"] == payment.stripe_payment_intent_id
+    ]
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+async def test_a_full_refund_refunds_everything_once(
+    temporal_env: WorkflowEnvironment, pool: asyncpg.Pool, sandbox: Sandbox, settings: Settings
+) -> None:
+    payment = await bill_one(temporal_env, pool, sandbox, settings)
+    assert await refund_with_worker(temporal_env, settings, payment.id) == 0
+
+    after = await Ledger(pool).payment(payment.id)
+    assert after is not None and after.status == S.REFUNDED
+    assert after.amount_received == CAPTURED  # what was captured stays recorded
+    [row] = await RefundLedger(pool).refunds(payment.id)
+    assert (row.n, row.amount, row.status, row.reason) == (
+        1,
+        CAPTURED,
+        RefundStatus.SUCCEEDED,
+        "requested_by_customer",
+    )
+    [at_stripe] = sandbox.refunds()
+    assert at_stripe["id"] == row.stripe_refund_id and at_stripe["amount"] == CAPTURED
+    assert at_stripe["metadata"] == {"payment_id": payment.id, "refund_n": "1"}
+    event = (await Ledger(pool).events(payment.id))[-1]
+    assert (event.from_status, event.to_status) == (S.SUCCEEDED, S.REFUNDED)
+    assert event.detail["stripe_refund_id"] == row.stripe_refund_id
+
+
+async def test_cancel_of_a_refunded_payment_points_to_refund(
+    temporal_env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    sandbox: Sandbox,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    payment = await bill_one(temporal_env, pool, sandbox, settings)
+    assert await refund_with_worker(temporal_env, settings, payment.id, "--amount", "1") == 0
+    capsys.readouterr()
+    assert await execute(["cancel", payment.id], settings, temporal_env.client) == 4
+    assert f"use `refund {payment.id}`" in capsys.readouterr().out
+
+
+async def test_two_partial_refunds_add_up_to_a_full_one(
+    temporal_env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    sandbox: Sandbox,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    payment = await bill_one(temporal_env, pool, sandbox, settings)
+    async with running_worker(settings, temporal_env.client):
+        assert await refund(temporal_env, settings, payment.id, "--amount", "10.00") == 0
+        status = await Ledger(pool).payment(payment.id)
+        assert status is not None and status.status == S.PARTIALLY_REFUNDED
+        assert (
+            await refund(
+                temporal_env, settings, payment.id, "--amount", "15", "--reason", "duplicate"
+            )
+            == 0
+        )
+    after = await Ledger(pool).payment(payment.id)
+    assert after is not None and after.status == S.REFUNDED
+    refunds = await RefundLedger(pool).refunds(payment.id)
+    assert [(r.n, r.amount, r.reason.value) for r in refunds] == [
+        (1, 1000, "requested_by_customer"),
+        (2, 1500, "duplicate"),
+    ]
+    assert sorted(stripe_refunds(sandbox, payment)) == [(1000, "1"), (1500, "2")]
+    moves = [(e.from_status, e.to_status) for e in await Ledger(pool).events(payment.id)]
+    assert moves[-2:] == [(S.SUCCEEDED, S.PARTIALLY_REFUNDED), (S.PARTIALLY_REFUNDED, S.REFUNDED)]
+
+    capsys.readouterr()
+    assert await execute(["status", payment.id], settings, temporal_env.client) == 0
+    shown = capsys.readouterr().out
+    assert "refund 1  10.00 USD requested_by_customer succeeded re_" in shown
+    assert refund_workflow_id(payment.id, 2) in shown
+
+
+async def test_more_than_remains_is_refused_and_nothing_is_written(
+    temporal_env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    sandbox: Sandbox,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    payment = await bill_one(temporal_env, pool, sandbox, settings)
+    assert await refund_with_worker(temporal_env, settings, payment.id, "--amount", "20") == 0
+    before = await written(pool, payment, sandbox)
+    capsys.readouterr()
+
+    assert await refund(temporal_env, settings, payment.id, "--amount", "5.01") == 2
+    assert "only 5.00 USD of 25.00 USD remains" in one_line_error(capsys)
+    assert await written(pool, payment, sandbox) == before
+    assert await refund_with_worker(temporal_env, settings, payment.id, "--amount", "5") == 0
+    after = await Ledger(pool).payment(payment.id)
+    assert after is not None and after.status == S.REFUNDED
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--amount", "ten"], "invalid amount 'ten'"),
+        (["--amount", "0"], "must be above 0"),
+        (["--amount", "1.234"], "2 decimals for USD"),
+        (["--amount", "-1"], "invalid amount '-1'"),
+        (["--reason", "changed_mind"], "invalid reason 'changed_mind'"),
+    ],
+)
+async def test_bad_input_is_refused_with_one_line_and_nothing_written(
+    temporal_env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    sandbox: Sandbox,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    says: str,
+) -> None:
+    payment = await bill_one(temporal_env, pool, sandbox, settings)
+    before = await written(pool, payment, sandbox)
+    capsys.readouterr()
+    assert await refund(temporal_env, settings, payment.id, *args) == 2
+    assert says in one_line_error(capsys)
+    assert await written(pool, payment, sandbox) == before
+
+
+async def test_an_unknown_or_uncaptured_payment_is_refused(
+    temporal_env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    sandbox: Sandbox,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    capsys.readouterr()
+    for unknown in ("not-a-uuid", "00000000-0000-0000-0000-000000000000"):
+        assert await refund(temporal_env, settings, unknown) == 2
+        assert "unknown payment" in one_line_error(capsys)
+    declined = await bill_one(temporal_env, pool, sandbox, settings, card="pm_card_chargeDeclined")
+    assert declined.status == S.FAILED
+    capsys.readouterr()
+    assert await refund(temporal_env, settings, declined.id) == 2
+    assert "is failed; only a succeeded or partially_refunded" in one_line_error(capsys)
+    assert await RefundLedger(pool).refunds(declined.id) == []
+    assert sandbox.refunds() == []
+
+
+async def test_a_repeated_command_attaches_and_refunds_once(
+    temporal_env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    sandbox: Sandbox,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No worker at first: the command leaves refund 1 in flight; the same command again
+    attaches to it, another amount is refused; with a worker, it ends, once."""
+    payment = await bill_one(temporal_env, pool, sandbox, settings)
+    timeout = ["--timeout", "0.5"]
+    assert await refund(temporal_env, settings, payment.id, *timeout) == EXIT_REFUND_IN_FLIGHT
+    assert await refund(temporal_env, settings, payment.id, *timeout) == EXIT_REFUND_IN_FLIGHT
+    assert "already in flight" in capsys.readouterr().out
+    assert await refund(temporal_env, settings, payment.id, "--amount", "1", *timeout) == 2
+    assert "still in flight" in one_line_error(capsys)
+    [row] = await RefundLedger(pool).refunds(payment.id)
+    assert row.status == RefundStatus.REQUESTED and sandbox.refunds() == []
+
+    assert await refund_with_worker(temporal_env, settings, payment.id) == 0
+    assert stripe_refunds(sandbox, payment) == [(CAPTURED, "1")]
+    [row] = await RefundLedger(pool).refunds(payment.id)
+    assert row.status == RefundStatus.SUCCEEDED
+    capsys.readouterr()
+    assert await refund(temporal_env, settings, payment.id) == 2  # nothing remains
+    assert "nothing left to refund" in one_line_error(capsys)
+
+
+async def test_stripes_refusal_ends_the_refund_failed_with_its_reason(
+    temporal_env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    sandbox: Sandbox,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Someone refunded everything in Stripe's dashboard: Stripe refuses the refund."""
+    payment = await bill_one(temporal_env, pool, sandbox, settings)
+    assert payment.stripe_payment_intent_id is not None
+    await make_stripe_client(settings).v1.refunds.create_async(
+        {"payment_intent": payment.stripe_payment_intent_id}
+    )
+    capsys.readouterr()
+    assert await refund_with_worker(temporal_env, settings, payment.id) == EXIT_REFUND_FAILED
+    assert "charge_already_refunded" in capsys.readouterr().out
+    [row] = await RefundLedger(pool).refunds(payment.id)
+    assert row.status == RefundStatus.FAILED and row.failure_code == "charge_already_refunded"
+    after = await Ledger(pool).payment(payment.id)
+    assert after is not None and after.status == S.SUCCEEDED  # the ledger's refund failed
+    assert len(sandbox.refunds()) == 1
+
+
+@pytest.mark.parametrize("kind", ["error_before", "drop_after", "error_after"])
+async def test_faults_on_the_refund_call_never_refund_twice(
+    temporal_env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    sandbox: Sandbox,
+    settings: Settings,
+    kind: FaultKind,
+) -> None:
+    """A lost answer, a 500 before Stripe acted, and a 500 stored after it acted."""
+    payment = await bill_one(temporal_env, pool, sandbox, settings)
+    sandbox.add_fault(FaultRule(kind=kind, endpoint="refunds.create", times=1))
+    assert await refund_with_worker(temporal_env, settings, payment.id, "--amount", "7") == 0
+    assert stripe_refunds(sandbox, payment) == [(700, "1")]
+    [row] = await RefundLedger(pool).refunds(payment.id)
+    assert row.status == RefundStatus.SUCCEEDED
+    assert row.stripe_refund_id == sandbox.refunds()[0]["id"]
+    assert sandbox.stats()["faults"] == {kind: 1}
+
+
+def test_the_refund_key_derives_from_the_payment_and_n() -> None:
+    assert refund_key("p1", 2) == "pay_p1_refund_2"
+    assert refund_key("p1", 2, resend=1) == "pay_p1_refund_2_r1"
+    assert refund_workflow_id("p1", 2) == "refund-p1-2"
