@@ -125,11 +125,11 @@ def payment_input(row: BillableRow, policy: BillingPolicy) -> PaymentInput:
     )
 
 
-# Ask the server to hand a new payment's first workflow task straight back in the start's answer,
-# to a worker in this process on the same client (the billing run's launch activity starts
-# payments with the worker's client). The SDK asks only when such a worker has a free slot; from
-# any other process it changes nothing. Measured in docs/performance.md.
-EAGER_START = True
+# Whether to ask the server to hand a new payment's first workflow task straight back in the
+# start's answer, to a worker in this process on the same client (the billing run's launch
+# activity starts payments with the worker's client; the SDK asks only when such a worker has a
+# free slot). Off: measured, it saved no CPU and raised p95 (docs/performance.md).
+EAGER_START = False
 
 
 async def start_payment(

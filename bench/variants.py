@@ -5,8 +5,8 @@ process without touching `workflows/`: they answer "what would this design chang
   path fits in one workflow task. The ledger writes are local activities already.
 - `no-search-attributes`: `upsert_search_attributes` does nothing, to price the upserts per
   payment (the Web UI filters would then not work).
-- `no-eager-start`: the billing run's launch activity starts payments without asking for
-  eager start (`temporal_ops.EAGER_START`), to price it; only with `--launch run`.
+- `eager-start`: the billing run's launch activity asks for eager start when it starts
+  payments (`temporal_ops.EAGER_START`), to price it; only with `--launch run`.
 
 They patch `temporalio.workflow`, which the workflow sandbox passes through, so they apply to
 every workflow this worker process runs. Never use them outside the benchmark.
@@ -20,7 +20,7 @@ from temporalio import workflow
 
 import temporal_ops
 
-VARIANTS = ("local-all", "no-search-attributes", "no-eager-start")
+VARIANTS = ("local-all", "no-search-attributes", "eager-start")
 
 
 def apply(variant: str) -> None:
@@ -37,7 +37,7 @@ def apply(variant: str) -> None:
             return None
 
         workflow.upsert_search_attributes = ignored  # type: ignore[assignment]
-    elif variant == "no-eager-start":
-        temporal_ops.EAGER_START = False
+    elif variant == "eager-start":
+        temporal_ops.EAGER_START = True
     else:
         raise ValueError(f"unknown variant {variant!r}; one of {VARIANTS}")

@@ -94,3 +94,20 @@ def test_a_fleet_of_no_workers_is_refused() -> None:
     )
     assert refused.returncode == 2
     assert "--worker-processes must be 1 or more, not 0" in refused.stderr
+
+
+def test_payments_launched_by_the_billing_run_in_the_worker(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.payments", "--n", "10", "--limits", "off"),
+            *("--systems", "temporal", "--launch", "run", "--jitter-ms", "0"),
+            *("--worker-arg=--variant=eager-start", "--timeout", "60", "--out", str(out)),
+        ],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+    [run] = json.loads(out.read_text())["runs"]
+    assert run["launch"] == "run"
+    assert run["n"] == run["completed"] == run["succeeded"] == 10
