@@ -223,6 +223,7 @@ async def test_duplicates_and_reordering_change_nothing_wrongly(
     async with running_worker(settings, hooks.env.client), hooks.receiving():
         payment, stripe = await start_payment(hooks, settings, "pm_card_visa", "--wait")
         await workflow_closed(hooks, payment.id)
+        assert payment.stripe_payment_intent_id is not None
         await stripe.v1.refunds.create_async({"payment_intent": payment.stripe_payment_intent_id})
         hooks.sandbox.webhooks.release()  # what a reorder still holds
         await hooks.idle()
@@ -390,3 +391,22 @@ def test_a_bad_setting_exits_2_with_one_line(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], lines
     assert "sk_test_not_a_webhook_secret" not in lines[0]
+
+
+async def test_a_fact_on_a_retrying_row_is_no_dunning_attempt(
+    hooks: Hooks, settings: Settings
+) -> None:
+    """A fact is a payment_events row from and to `retrying`: the count of soft declines a
+    resumed run goes on from counts only moves into `retrying`."""
+    ledger = Ledger(hooks.pool)
+    await add_customer(ledger, make_stripe_client(settings), "pm_card_visa")
+    await ledger.create_period_payments(PERIOD)
+    [payment] = await ledger.period_payments(PERIOD)
+    await ledger.transition(payment.id, PaymentStatus.RETRYING, failure_code="insufficient_funds")
+    failed = {"object": "payment_intent", "id": "pi_1", "metadata": {"payment_id": payment.id}}
+    body = event_body("payment_intent.payment_failed", failed)
+    async with hooks.receiving():
+        assert (await post(hooks, body, signed(hooks, body)))[1]["handed_to"] == "ledger"
+    [fact] = await ledger_facts(hooks.pool, payment.id)
+    assert fact["status_then"] == PaymentStatus.RETRYING
+    assert (await ledger.payment_state(payment.id)).dunning_attempts == 1
