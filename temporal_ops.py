@@ -1,6 +1,6 @@
 """Every client-side Temporal operation, in one place: connecting; starting a payment's
 workflow (and resuming a stranded one); the period's billing run; waiting; cancel's
-update-with-start; and the monthly Schedule."""
+update-with-start; handing Stripe's events to a payment; and the monthly Schedule."""
 
 import asyncio
 import time
@@ -37,7 +37,7 @@ from temporalio.common import (
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import Runtime
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from billing.codec import data_converter
 from billing.constants import (
@@ -65,6 +65,7 @@ from billing.models import (
     RefundResult,
     RunProgress,
     ScheduledBillingInput,
+    StripeEventFact,
 )
 from billing.settings import Settings
 from billing.summaries import (
@@ -377,6 +378,28 @@ async def signal_cancel(client: Client, payment_id: str) -> None:
     """The durable `cancel` signal: recorded now, acted on when a worker runs."""
     handle = client.get_workflow_handle_for(PaymentWorkflow.run, workflow_id(payment_id))
     await handle.signal(PaymentWorkflow.cancel)
+
+
+# ----- Stripe's events (the webhook receiver) -----------------------------------------------
+
+
+async def signal_stripe_event(client: Client, payment_id: str, fact: StripeEventFact) -> bool:
+    """Hand a Stripe event's fact to the payment's open run (`stripe_event`); False, having
+    sent nothing, when the payment has no open run: closed, or never started."""
+    handle = client.get_workflow_handle_for(PaymentWorkflow.run, workflow_id(payment_id))
+    try:
+        await handle.signal(PaymentWorkflow.stripe_event, fact)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:  # "workflow execution already completed"
+            return False
+        raise
+    return True
+
+
+async def payment_stripe_events(client: Client, payment_id: str) -> list[StripeEventFact]:
+    """The Stripe events the payment's workflow received, each once (a worker must answer)."""
+    handle = client.get_workflow_handle_for(PaymentWorkflow.run, workflow_id(payment_id))
+    return await handle.query(PaymentWorkflow.stripe_events, rpc_timeout=QUERY_TIMEOUT)
 
 
 # ----- refunds ------------------------------------------------------------------------------

@@ -111,7 +111,11 @@ async def seed_demo_customers(
 def next_retry(events: Sequence[PaymentEvent], schedule: Sequence[timedelta]) -> datetime | None:
     """When a payment waiting in dunning tries again: the schedule counts from its first soft
     decline. None when it is not waiting, or its schedule is not known here."""
-    declines = [e for e in events if e.to_status == PaymentStatus.RETRYING]
+    declines = [
+        e  # a move into retrying; a Stripe event's fact stays in its status (from = to)
+        for e in events
+        if e.to_status == PaymentStatus.RETRYING and e.from_status != PaymentStatus.RETRYING
+    ]
     if not declines or events[-1].to_status != PaymentStatus.RETRYING:
         return None
     if len(declines) > len(schedule):

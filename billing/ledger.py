@@ -139,7 +139,8 @@ PAYMENTS_OF_PERIOD = (
 PAYMENT_STATE = """
 SELECT p.status, p.generation, p.stripe_payment_intent_id AS intent_id, c.payment_method_id,
        (SELECT count(*) FROM payment_events e
-        WHERE e.payment_id = p.id AND e.to_status = 'retrying')::int AS dunning_attempts
+        WHERE e.payment_id = p.id AND e.to_status = 'retrying'
+          AND e.from_status IS DISTINCT FROM 'retrying')::int AS dunning_attempts
 FROM payments p JOIN customers c ON c.id = p.customer_id WHERE p.id = $1::uuid"""
 
 EVENTS_OF_PAYMENT = """

@@ -472,3 +472,29 @@ class RefundResult(Frozen):
     failure_code: str | None = None
     failure_message: str | None = None
     payment_status: PaymentStatus | None = None  # after a refund that succeeded
+
+
+# ----- Stripe's events, as the webhook receiver hands them to a payment ---------------------
+
+
+class StripeEventFact(Frozen):
+    """What one Stripe event says about a payment, as the webhook receiver hands it on: the
+    `stripe_event` signal to the running workflow, or a `payment_events` row's detail once the
+    workflow is closed. Stripe sends events at least once and in any order: `event_id` is the
+    identity, and `created` (Stripe's clock, Unix seconds) the order they happened in."""
+
+    event_id: str
+    type: str
+    created: int
+    intent_id: str | None = None
+    charge_id: str | None = None
+    # The PaymentIntent's status, or the charge's, as the event shows it.
+    status: str | None = None
+    amount: int | None = None
+    amount_capturable: int | None = None
+    amount_received: int | None = None
+    amount_refunded: int | None = None
+    failure_code: str | None = None
+    dispute_id: str | None = None
+    dispute_status: str | None = None
+    dispute_reason: str | None = None

@@ -16,6 +16,7 @@ from billing.durations import check_capture_delay, check_dunning_schedule, parse
 from billing.models import BillingPolicy
 
 SANDBOX_API_KEY = "sk_test_sandbox"
+WEBHOOK_PATH = "/stripe/webhooks"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -115,6 +116,15 @@ class Settings(BaseSettings):
     codec_server_token: SecretStr | None = Field(
         default=None, description="Bearer token the codec server requires; unset: none."
     )
+    webhook_host: str = Field(default="127.0.0.1", description="Stripe webhook receiver address.")
+    webhook_port: int = Field(
+        default=8090, ge=1, le=65535, description="Stripe webhook receiver port."
+    )
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="The webhook endpoint's signing secret, whsec_…; set, `make up` runs the "
+        "receiver.",
+    )
     log_format: Literal["text", "json"] = Field(
         default="text", description="Log lines as plain text, or one JSON object per line."
     )
@@ -169,6 +179,21 @@ class Settings(BaseSettings):
         """An empty CODEC_SERVER_TOKEN (compose passes one through when .env has none) means
         no token, not a token that is empty."""
         return None if value == "" else value
+
+    @field_validator("stripe_webhook_secret", mode="before")
+    @classmethod
+    def _check_webhook_secret(cls, value: object) -> object:
+        """Empty means unset (compose passes an empty one through); anything else must look
+        like the `secret` Stripe returns when the endpoint is created."""
+        if value == "":
+            return None
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str) and not text.startswith("whsec_"):
+            raise ValueError(
+                "not a webhook signing secret; use the `secret` (whsec_…) that "
+                "POST /v1/webhook_endpoints returned for this endpoint"
+            )
+        return value
 
     @field_validator("otel_exporter_otlp_endpoint")
     @classmethod
@@ -273,6 +298,10 @@ class Settings(BaseSettings):
 
     def codec_server_url(self) -> str:
         return f"http://{self.codec_server_host}:{self.codec_server_port}"
+
+    def webhook_url(self) -> str:
+        """Where the receiver listens; register this URL (or the proxy's in front of it)."""
+        return f"http://{self.webhook_host}:{self.webhook_port}{WEBHOOK_PATH}"
 
     def resolved_temporal_ui_url(self) -> str:
         return self.temporal_ui_url or f"http://127.0.0.1:{self.embedded_temporal_ui_port}"

@@ -2,8 +2,9 @@
 
 Each service runs only where its setting is unset (DATABASE_URL, Temporal's envconfig address,
 STRIPE_API_KEY); the worker always runs. With BILLING_CODEC_KEYS set, the codec server runs
-too, and the dev server's Web UI decodes payloads through it. State, pids and logs live under
-`settings.data_dir`.
+too, and the dev server's Web UI decodes payloads through it. With STRIPE_WEBHOOK_SECRET set,
+the Stripe webhook receiver runs (registering its endpoint at Stripe is left to the operator:
+docs/operations.md). State, pids and logs live under `settings.data_dir`.
 """
 
 import sys
@@ -80,6 +81,14 @@ class EmbeddedStack:
             env=python_env,
             cwd=Path.cwd(),
         )
+        self.receiving = settings.stripe_webhook_secret is not None
+        self.webhooks = BackgroundProcess(
+            "webhooks",
+            [sys.executable, "-m", "billing.webhooks"],
+            data_dir,
+            env=python_env,
+            cwd=Path.cwd(),
+        )
         self.worker = BackgroundProcess(
             "worker", [sys.executable, str(WORKER_SCRIPT)], data_dir, env=python_env, cwd=Path.cwd()
         )
@@ -109,17 +118,24 @@ class EmbeddedStack:
         if not self.stripe_external:
             self._start_listening(self.sandbox, self.settings.sandbox_port, "the Stripe sandbox")
         self._start_worker()
+        if self.receiving:
+            self._start_listening(
+                self.webhooks, self.settings.webhook_port, "the Stripe webhook receiver"
+            )
         for state in self.status():
             report(state.line())
         if not self.temporal_external:
             report(f"Temporal Web UI: {self.temporal.ui_url}")
         if self.encrypting:
             report(f"payloads encrypted; codec server {self.settings.codec_server_url()}")
+        if self.receiving:
+            report(f"Stripe webhooks received at {self.settings.webhook_url()}")
 
     def down(self, report: Callable[[str], None] = print) -> None:
         """Stop the worker first (gracefully), then the services it used. Idempotent."""
         steps: list[tuple[str, bool, Callable[[], None]]] = [
             ("worker", self.worker.is_alive(), lambda: self.worker.stop(WORKER_STOP_TIMEOUT_S)),
+            ("webhooks", self.webhooks.is_alive(), self.webhooks.stop),
             ("stripe-sandbox", self.sandbox.is_alive(), self._stop_sandbox),
             ("temporal", self.temporal.is_running(), self.temporal.stop),
             ("codec-server", self.codec_server.is_alive(), self.codec_server.stop),
@@ -138,6 +154,8 @@ class EmbeddedStack:
         ]
         if self.encrypting or self.codec_server.is_alive():
             states.append(self._codec_server_state())
+        if self.receiving or self.webhooks.is_alive():
+            states.append(self._webhooks_state())
         return states
 
     def _start_listening(self, process: BackgroundProcess, port: int, what: str) -> None:
@@ -209,6 +227,12 @@ class EmbeddedStack:
             detail = f"{self.settings.codec_server_url()} (pid {self.codec_server.pid})"
             return ServiceState("codec-server", "running", detail)
         return ServiceState("codec-server", "stopped", f"log in {self.codec_server.log_path}")
+
+    def _webhooks_state(self) -> ServiceState:
+        if self.webhooks.is_alive():
+            detail = f"{self.settings.webhook_url()} (pid {self.webhooks.pid})"
+            return ServiceState("webhooks", "running", detail)
+        return ServiceState("webhooks", "stopped", f"log in {self.webhooks.log_path}")
 
     def _worker_state(self) -> ServiceState:
         if self.worker.is_alive():

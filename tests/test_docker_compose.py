@@ -22,7 +22,7 @@ from local_stack.temporal import search_attribute_args, temporal_cli_path
 ROOT = Path(__file__).resolve().parent.parent
 # Read by temporalio.envconfig, not by Settings.
 TEMPORAL_VARIABLES = {"TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_API_KEY"}
-BILLING_SERVICES = ("worker", "starter", "codec-server")
+BILLING_SERVICES = ("worker", "starter", "codec-server", "webhooks")
 PINNED_TAG = re.compile(r"^[^:@]+:v?\d+(\.\d+)+$")
 
 
@@ -56,6 +56,7 @@ def test_the_stack_has_every_part() -> None:
         "worker",
         "stripe-sandbox",
         "codec-server",
+        "webhooks",
         "starter",
         "prometheus",
         "grafana",
@@ -114,6 +115,20 @@ def test_worker_metrics_and_codec_server_listen_for_other_containers() -> None:
     assert f"127.0.0.1:{port}:{port}" in codec["ports"]
     ui = services()["temporal-ui"]["environment"]
     assert ui["TEMPORAL_CODEC_ENDPOINT"] == f"http://127.0.0.1:{port}"
+
+
+def test_the_webhook_receiver_is_reached_by_the_sandbox_and_the_host() -> None:
+    """The sandbox delivers only to 127.0.0.1, so the receiver shares the worker's (and the
+    sandbox's) network namespace, listens on every interface of it, and is published there."""
+    webhooks = services()["webhooks"]
+    assert webhooks["command"] == ["python", "-m", "billing.webhooks"]
+    assert webhooks["network_mode"] == "service:worker"
+    assert webhooks["profiles"] == ["webhooks"]
+    environment = webhooks["environment"]
+    assert environment["WEBHOOK_HOST"] == "0.0.0.0"
+    assert "STRIPE_WEBHOOK_SECRET" in environment
+    port = environment["WEBHOOK_PORT"]
+    assert f"127.0.0.1:{port}:{port}" in services()["worker"]["ports"]
 
 
 def test_published_ports_bind_loopback_only() -> None:

@@ -63,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
         RecordDeclineInput,
         RecordFailureInput,
         RecordPaidInput,
+        StripeEventFact,
         VoidInput,
     )
     from billing.period import period_start
@@ -176,6 +177,8 @@ class PaymentWorkflow:
         self._unless_held = False  # set by run(): see AUTHORIZE_UNLESS_HELD
         self._converge_first = False  # the next authorize lists the period's intents first
         self._stored_method = input.payment_method_id  # the customer's card as last read
+        # What Stripe's events said, by event id, in the order they arrived (`stripe_event`).
+        self._stripe_events: dict[str, StripeEventFact] = {}
 
     @workflow.query(name="current_step")
     def current_step(self) -> str:
@@ -207,6 +210,19 @@ class PaymentWorkflow:
         """The customer has a new card: a payment waiting to retry tries it at once."""
         self._payment_method = update.payment_method_id
         self._payment_method_updated = True
+
+    @workflow.signal(name="stripe_event")
+    def stripe_event(self, fact: StripeEventFact) -> None:
+        """A Stripe event about this payment, from the webhook receiver. Kept, not acted on:
+        the workflow's commands do not depend on it. The receiver hands an event on at least
+        once, so a second signal of one event id changes nothing."""
+        self._stripe_events.setdefault(fact.event_id, fact)
+
+    @workflow.query(name="stripe_events")
+    def stripe_events(self) -> list[StripeEventFact]:
+        """The Stripe events received, each once, in the order they arrived (Stripe does not
+        promise order: `created` says when each happened)."""
+        return list(self._stripe_events.values())
 
     @workflow.run
     async def run(self, input: PaymentInput) -> PaymentResult:
