@@ -142,7 +142,7 @@ async def test_a_restored_payments_table_charges_nobody_again(
     async with running_worker(settings, temporal_env.client):
         assert await execute(["bill", PERIOD, "--wait"], settings, temporal_env.client) == 0
         [first_intent] = sandbox.payment_intents()
-        await pool.execute("TRUNCATE refunds, payment_events, payments")
+        await pool.execute("TRUNCATE stripe_events, refunds, payment_events, payments")
         assert await execute(["bill", PERIOD, "--wait"], settings, temporal_env.client) == 0
 
     assert statuses(sandbox) == ["succeeded"]

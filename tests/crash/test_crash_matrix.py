@@ -540,7 +540,7 @@ async def test_a_restore_of_the_payments_table_never_charges_again(scene: Scene)
     assert await payment_status(scene.pool, first.id) == S.SUCCEEDED
     [charged] = scene.sandbox.payment_intents()
     # A restore replaces the tables; TRUNCATE skips payment_events' append-only row trigger.
-    await scene.pool.execute("TRUNCATE refunds, payment_events, payments")
+    await scene.pool.execute("TRUNCATE stripe_events, refunds, payment_events, payments")
     scene.kill()
     await scene.dead()
     scene.workers.start()
@@ -564,7 +564,7 @@ async def test_a_restore_while_a_payment_waits_in_its_window_still_charges_once(
     scene.workers.start()
     first = await scene.bill("--capture-after", WINDOW)
     await wait_for_status(scene.pool, first.id, S.AUTHORIZED)
-    await scene.pool.execute("TRUNCATE refunds, payment_events, payments")
+    await scene.pool.execute("TRUNCATE stripe_events, refunds, payment_events, payments")
     again = await scene.bill("--capture-after", "8s")
     result = await scene.result(scene.handle(again.id))
 
