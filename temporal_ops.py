@@ -411,22 +411,29 @@ RefundHandle = WorkflowHandle[RefundWorkflow, RefundResult]
 async def start_refund(
     client: Client, refund: RefundInput, task_queue: str, payment_status: PaymentStatus
 ) -> RefundHandle:
-    """Start refund n's workflow, or attach to the one running (a repeated command). A closed
-    one is run again: the ledger still holds refund n `requested` only when that run ended
-    without recording it, and a new run finds at Stripe what the closed one did."""
-    return await client.start_workflow(
-        RefundWorkflow.run,
-        refund,
-        id=refund_workflow_id(refund.payment_id, refund.n),
-        task_queue=task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        search_attributes=starting_search_attributes(
-            refund.billing_period, refund.customer_id
-        ).updated(SearchAttributePair(PAYMENT_STATUS, payment_status.value)),
-        static_summary=refund_summary(refund),
-        static_details=refund_details(refund),
-    )
+    """Start refund n's workflow, or attach to the one running (a repeated command). A run that
+    failed, was terminated or timed out is run again: the ledger still holds refund n
+    `requested` only when a run ended without recording it, and a new run finds at Stripe what
+    the closed one did. A run that completed recorded its outcome: it is never run again (a new
+    run could send the key of a refund recorded `failed` once more), and its result is the
+    answer."""
+    workflow_id = refund_workflow_id(refund.payment_id, refund.n)
+    try:
+        return await client.start_workflow(
+            RefundWorkflow.run,
+            refund,
+            id=workflow_id,
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            search_attributes=starting_search_attributes(
+                refund.billing_period, refund.customer_id
+            ).updated(SearchAttributePair(PAYMENT_STATUS, payment_status.value)),
+            static_summary=refund_summary(refund),
+            static_details=refund_details(refund),
+        )
+    except WorkflowAlreadyStartedError:  # completed: its recorded outcome stands
+        return client.get_workflow_handle_for(RefundWorkflow.run, workflow_id)
 
 
 async def refund_outcome(handle: RefundHandle, deadline_s: float) -> RefundResult | None:

@@ -328,14 +328,22 @@ class StripeActivities:
         except stripe.StripeError as err:
             fail_for(err, keyed=False)
         wanted = refund_metadata(input.payment_id, input.n)
-        for refund in refunds:
-            metadata = refund.metadata.to_dict() if refund.metadata else {}
-            if all(metadata.get(k) == v for k, v in wanted.items()):
-                if refund.status in REFUND_NOT_MADE:
-                    continue
+        ours = [
+            r
+            for r in refunds
+            if all(
+                (r.metadata.to_dict() if r.metadata else {}).get(k) == v for k, v in wanted.items()
+            )
+        ]
+        for refund in ours:
+            if refund.status not in REFUND_NOT_MADE:
                 return RefundMade(
                     refund_id=refund.id, amount=refund.amount, status=refund.status or ""
                 )
+        if ours:  # Stripe made refund n and it failed: its key would only replay the old answer
+            failed = ours[-1]
+            code = failed.failure_reason or failed.status or "failed"
+            raise refund_refused(code, f"Stripe's refund {failed.id} is {failed.status}")
         return None
 
     async def _customer_intents(

@@ -152,7 +152,13 @@ class RefundLedger:
         in_flight = [r for r in refunds if r.status == RefundStatus.REQUESTED]
         if in_flight:
             [running] = in_flight
-            if amount in (None, running.amount) and reason == running.reason:
+            # A command without --amount asks for all that remains: it is the running refund
+            # only if that one refunds all that remained when it was reserved.
+            before = (payment["amount_received"] or 0) - sum(
+                r.amount for r in refunds if r.status == RefundStatus.SUCCEEDED
+            )
+            wanted = before if amount is None else amount
+            if wanted == running.amount and reason == running.reason:
                 return running, False
             raise RefundRefused(
                 f"refund {running.n} of payment {payment_id} "

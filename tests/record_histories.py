@@ -113,6 +113,10 @@ BEFORE_AUTHORIZE_UNLESS_HELD = frozenset(
         "exactly_once_capture_refused_by_ledger",
         "resume_as_recorded_capturing",
         "resume_as_recorded_dunning",
+        # A fresh payment under resume-as-recorded, the state of payments in flight when
+        # workers with the patch roll out. Recorded from 6b2a01a with the case of
+        # unless_held_succeeded; it has no case here, since this code takes the new path.
+        "resume_as_recorded_succeeded",
     }
 )
 FROZEN = BEFORE_LOCAL_LEDGER | BEFORE_EXACTLY_ONCE | BEFORE_AUTHORIZE_UNLESS_HELD

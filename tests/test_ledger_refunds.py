@@ -115,3 +115,27 @@ async def test_the_schema_allows_one_refund_in_flight_per_payment(pool: asyncpg.
             " VALUES ($1::uuid, 2, 100, 'usd', 'duplicate')",
             payment_id,
         )
+
+
+async def test_a_refund_of_everything_never_joins_a_partial_one_in_flight(
+    pool: asyncpg.Pool,
+) -> None:
+    """`refund P` (all that remains) while `refund P --amount 7.00` ran attached to the partial
+    refund, and its exit 0 read as fully refunded."""
+    payment_id = await captured_payment(pool)
+    refunds = RefundLedger(pool)
+    partial = await refunds.reserve(payment_id, 700, BY_CUSTOMER)
+    with pytest.raises(RefundRefused, match="still in flight"):
+        await refunds.reserve(payment_id, None, BY_CUSTOMER)
+    again = await refunds.reserve(payment_id, 700, BY_CUSTOMER)
+    assert (again.refund.n, again.new) == (partial.refund.n, False)
+
+
+async def test_a_repeated_refund_of_everything_joins_the_one_in_flight(pool: asyncpg.Pool) -> None:
+    payment_id = await captured_payment(pool)
+    refunds = RefundLedger(pool)
+    await refunds.reserve(payment_id, 400, BY_CUSTOMER)
+    await refunds.record_succeeded(payment_id, 1, "re_1", 400)
+    everything = await refunds.reserve(payment_id, None, BY_CUSTOMER)
+    again = await refunds.reserve(payment_id, None, BY_CUSTOMER)
+    assert (again.refund.n, again.refund.amount, again.new) == (2, everything.refund.amount, False)

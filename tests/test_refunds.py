@@ -11,12 +11,13 @@ from temporalio.testing import WorkflowEnvironment
 from billing.constants import PaymentStatus, RefundStatus, refund_key, refund_workflow_id
 from billing.ledger import Ledger
 from billing.ledger_refunds import RefundLedger
-from billing.models import PaymentRecord
+from billing.models import PaymentRecord, RefundInput
 from billing.settings import Settings
 from billing.stripe_client import make_stripe_client
 from starter import EXIT_REFUND_FAILED, EXIT_REFUND_IN_FLIGHT, execute
 from stripe_sandbox import FaultRule, Sandbox
 from stripe_sandbox.faults import FaultKind
+from temporal_ops import start_refund
 from tests.support import running_worker
 from tests.test_lifecycle_integration import bill_one
 
@@ -276,3 +277,35 @@ def test_the_refund_key_derives_from_the_payment_and_n() -> None:
     assert refund_key("p1", 2) == "pay_p1_refund_2"
     assert refund_key("p1", 2, resend=1) == "pay_p1_refund_2_r1"
     assert refund_workflow_id("p1", 2) == "refund-p1-2"
+
+
+async def test_a_completed_refund_run_is_never_run_again(
+    temporal_env: WorkflowEnvironment, pool: asyncpg.Pool, sandbox: Sandbox, settings: Settings
+) -> None:
+    """A second start of refund n after its run completed (a command that reserved before the
+    run recorded Stripe's answer) started a new run, which sent refund n's key again."""
+    payment = await bill_one(temporal_env, pool, sandbox, settings)
+    assert await refund_with_worker(temporal_env, settings, payment.id) == 0
+    [row] = await RefundLedger(pool).refunds(payment.id)
+    first = temporal_env.client.get_workflow_handle(refund_workflow_id(payment.id, 1))
+    first_run = (await first.describe()).run_id
+    again = RefundInput(
+        payment_id=payment.id,
+        n=1,
+        amount=row.amount,
+        currency=row.currency,
+        reason=row.reason,
+        intent_id=payment.stripe_payment_intent_id or "",
+        billing_period=payment.billing_period,
+        customer_id=payment.customer_id,
+    )
+
+    handle = await start_refund(temporal_env.client, again, settings.task_queue, S.REFUNDED)
+
+    assert (await handle.describe()).run_id == first_run
+    result = await handle.result()
+    assert (result.status, result.stripe_refund_id) == (
+        RefundStatus.SUCCEEDED,
+        row.stripe_refund_id,
+    )
+    assert len(stripe_refunds(sandbox, payment)) == 1

@@ -76,6 +76,8 @@ T = TypeVar("T")
 # Stripe: retried without limit, each attempt under the same idempotency key. The attempt
 # timeout is short so that a crashed worker's call is re-run quickly.
 STRIPE_TIMEOUT = timedelta(seconds=30)
+# authorize_unless_held sends two requests (the list, then the create) in one attempt.
+LIST_AND_CREATE_TIMEOUT = 2 * STRIPE_TIMEOUT
 STRIPE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -491,7 +493,7 @@ class PaymentWorkflow:
             held = await workflow.execute_activity_method(
                 StripeActivities.authorize_unless_held,
                 AuthorizeUnlessHeldInput(find=self._period_query(), authorize=authorize),
-                start_to_close_timeout=STRIPE_TIMEOUT,
+                start_to_close_timeout=LIST_AND_CREATE_TIMEOUT,
                 retry_policy=STRIPE_RETRY,
                 summary=f"{summary}, unless Stripe holds the period's charge",
             )
