@@ -4,19 +4,9 @@ from __future__ import annotations
 
 from .errors import resource_missing
 from .form import Params
-from .listing import created_filter, created_matches, page
-from .params import get_str, reject_unknown
+from .listing import list_of_charges
+from .params import reject_unknown
 from .store import AccountState, Json
-
-_LIST_PARAMS = {
-    "charge",
-    "created",
-    "ending_before",
-    "expand",
-    "limit",
-    "payment_intent",
-    "starting_after",
-}
 
 
 def get_dispute(state: AccountState, dispute_id: str) -> Json:
@@ -32,17 +22,5 @@ def retrieve(state: AccountState, dispute_id: str, params: Params) -> Json:
 
 
 def list_disputes(state: AccountState, _: str, params: Params) -> Json:
-    reject_unknown(params, _LIST_PARAMS)
-    charge = get_str(params, "charge")
-    payment_intent = get_str(params, "payment_intent")
-    bounds = created_filter(params)
-
-    def wanted(dispute: Json) -> bool:
-        if charge is not None and dispute["charge"] != charge:
-            return False
-        if payment_intent is not None and dispute["payment_intent"] != payment_intent:
-            return False
-        return created_matches(dispute["created"], bounds)
-
     oldest_first = list(state.disputes.values())
-    return page(oldest_first, params, url="/v1/disputes", kind="dispute", wanted=wanted)
+    return list_of_charges(oldest_first, params, url="/v1/disputes", kind="dispute")

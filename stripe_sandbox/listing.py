@@ -9,14 +9,19 @@ from typing import Any
 
 from .errors import resource_missing
 from .form import Params
-from .params import get_str
+from .params import get_str, reject_unknown
 from .payment_intents import _created_filter as created_filter
 from .payment_intents import _created_matches as created_matches
 from .payment_intents import _limit as limit_of
 
 Json = dict[str, Any]
 
-__all__ = ["created_filter", "created_matches", "page"]
+__all__ = ["created_filter", "created_matches", "list_of_charges", "page"]
+
+# What a list of a charge's objects (refunds, disputes) accepts.
+CHARGE_LIST_PARAMS = frozenset(
+    {"charge", "created", "ending_before", "expand", "limit", "payment_intent", "starting_after"}
+)
 
 
 def page(
@@ -53,3 +58,21 @@ def page(
                 break
             data.append(item)
     return {"object": "list", "data": data, "has_more": has_more, "url": url}
+
+
+def list_of_charges(oldest_first: Sequence[Json], params: Params, *, url: str, kind: str) -> Json:
+    """A page of objects that belong to a charge and its PaymentIntent (refunds, disputes),
+    filtered by `charge`, `payment_intent` and `created`."""
+    reject_unknown(params, CHARGE_LIST_PARAMS)
+    charge = get_str(params, "charge")
+    payment_intent = get_str(params, "payment_intent")
+    bounds = created_filter(params)
+
+    def wanted(item: Json) -> bool:
+        if charge is not None and item["charge"] != charge:
+            return False
+        if payment_intent is not None and item["payment_intent"] != payment_intent:
+            return False
+        return created_matches(item["created"], bounds)
+
+    return page(oldest_first, params, url=url, kind=kind, wanted=wanted)

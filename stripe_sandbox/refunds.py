@@ -11,7 +11,7 @@ from . import disputes, events
 from .charges import add_refund, balance_transaction_id, get_charge
 from .errors import invalid_request, resource_missing
 from .form import Params
-from .listing import created_filter, created_matches, page
+from .listing import list_of_charges
 from .params import get_choice, get_int, get_metadata, get_str, reject_unknown, update_metadata
 from .store import AccountState, Json
 
@@ -25,15 +25,6 @@ _CREATE_PARAMS = {
     "reason",
     "refund_application_fee",
     "reverse_transfer",
-}
-_LIST_PARAMS = {
-    "charge",
-    "created",
-    "ending_before",
-    "expand",
-    "limit",
-    "payment_intent",
-    "starting_after",
 }
 REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 
@@ -186,17 +177,5 @@ def update(state: AccountState, refund_id: str, params: Params) -> Json:
 
 
 def list_refunds(state: AccountState, _: str, params: Params) -> Json:
-    reject_unknown(params, _LIST_PARAMS)
-    charge = get_str(params, "charge")
-    payment_intent = get_str(params, "payment_intent")
-    bounds = created_filter(params)
-
-    def wanted(refund: Json) -> bool:
-        if charge is not None and refund["charge"] != charge:
-            return False
-        if payment_intent is not None and refund["payment_intent"] != payment_intent:
-            return False
-        return created_matches(refund["created"], bounds)
-
     oldest_first = list(state.refunds.values())
-    return page(oldest_first, params, url="/v1/refunds", kind="refund", wanted=wanted)
+    return list_of_charges(oldest_first, params, url="/v1/refunds", kind="refund")
