@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REQUIRED = {
     "system",
@@ -23,29 +24,24 @@ REQUIRED = {
 }
 
 
-def test_ten_payments_each_way(tmp_path: Path) -> None:
+def run_bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """Ten payments, limits off, no jitter; the results file."""
     out = tmp_path / "results.json"
     subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "bench.payments",
-            "--n",
-            "10",
-            "--limits",
-            "off",
-            "--jitter-ms",
-            "0",
-            "--timeout",
-            "60",
-            "--out",
-            str(out),
+            *(sys.executable, "-m", "bench.payments", "--n", "10", "--limits", "off"),
+            *("--jitter-ms", "0", "--timeout", "60", "--out", str(out), *args),
         ],
         check=True,
         timeout=120,
         capture_output=True,
     )
-    results = json.loads(out.read_text())
+    results: dict[str, Any] = json.loads(out.read_text())
+    return results
+
+
+def test_ten_payments_each_way(tmp_path: Path) -> None:
+    results = run_bench(tmp_path)
     assert len(results["commit"]["sha"]) == 40
     runs = results["runs"]
     assert [(r["system"], r["stripe_limits"]) for r in runs] == [
@@ -64,18 +60,7 @@ def test_ten_payments_each_way(tmp_path: Path) -> None:
 
 
 def test_two_worker_processes_are_measured_as_one_fleet(tmp_path: Path) -> None:
-    out = tmp_path / "results.json"
-    subprocess.run(
-        [
-            *(sys.executable, "-m", "bench.payments", "--n", "10", "--limits", "off"),
-            *("--systems", "temporal", "--worker-processes", "2", "--jitter-ms", "0"),
-            *("--timeout", "60", "--out", str(out)),
-        ],
-        check=True,
-        timeout=120,
-        capture_output=True,
-    )
-    [run] = json.loads(out.read_text())["runs"]
+    [run] = run_bench(tmp_path, "--systems", "temporal", "--worker-processes", "2")["runs"]
     assert run["worker_processes"] == 2
     assert run["n"] == run["completed"] == run["succeeded"] == 10
     first, second = run["process_stats"]["processes"]
@@ -97,17 +82,8 @@ def test_a_fleet_of_no_workers_is_refused() -> None:
 
 
 def test_payments_launched_by_the_billing_run_in_the_worker(tmp_path: Path) -> None:
-    out = tmp_path / "results.json"
-    subprocess.run(
-        [
-            *(sys.executable, "-m", "bench.payments", "--n", "10", "--limits", "off"),
-            *("--systems", "temporal", "--launch", "run", "--jitter-ms", "0"),
-            *("--worker-arg=--variant=eager-start", "--timeout", "60", "--out", str(out)),
-        ],
-        check=True,
-        timeout=120,
-        capture_output=True,
-    )
-    [run] = json.loads(out.read_text())["runs"]
+    [run] = run_bench(
+        tmp_path, "--systems", "temporal", "--launch", "run", "--worker-arg=--variant=eager-start"
+    )["runs"]
     assert run["launch"] == "run"
     assert run["n"] == run["completed"] == run["succeeded"] == 10
