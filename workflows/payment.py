@@ -495,7 +495,10 @@ class PaymentWorkflow:
                 AuthorizeUnlessHeldInput(find=self._period_query(), authorize=authorize),
                 start_to_close_timeout=LIST_AND_CREATE_TIMEOUT,
                 retry_policy=STRIPE_RETRY,
-                summary=f"{summary}, unless Stripe holds the period's charge",
+                summary=(
+                    f"{summary}, unless Stripe holds a {self._input.billing_period} charge "
+                    f"of {self._input.stripe_customer_id}"
+                ),
             )
         except ActivityError as err:
             failure = business_failure(err)
