@@ -341,6 +341,9 @@ async def status(svc: Services, payment_id: str) -> None:
     out.print(f"intent    {payment.stripe_payment_intent_id or '-'}")
     if payment.failure_code:
         out.print(f"failure   {payment.failure_code}: {payment.failure_message}")
+    if payment.status == PaymentStatus.ACTION_REQUIRED:
+        where = payment.next_action_url or "Stripe gave no URL; the customer confirms in your app"
+        out.print(f"action    the customer must pass 3-D Secure: {where}", highlight=False)
     state, step = await payment_workflow_state(await svc.temporal(), payment.id)
     if state == "not started":
         out.print(

@@ -28,7 +28,9 @@ STRIPE_QUEUES: dict[str, tuple[str, ...]] = {
     # queue's rate; a read-back retrieve follows only an error or a cancel)
     # Refunds (POST /v1/refunds, after a list of the intent's refunds) are rare: they share
     # this queue's rate rather than hold a queue and a worker of their own.
-    "capture": ("capture", "void", "refund"),
+    # The on-session confirm that asks for 3-D Secure (POST /v1/payment_intents/{id}/confirm)
+    # and the read of an intent awaiting it are rare too: they share this queue's rate.
+    "capture": ("capture", "void", "refund", "request_authentication", "read_intent"),
     # GET /v1/payment_intents: the list before an authorization
     "list": ("find_authorization", "find_period_intents"),
 }
@@ -42,6 +44,7 @@ LEDGER_ACTIVITIES = (
     "record_paid",
     "record_failure",
     "record_decline",
+    "record_action_required",
     "begin_attempt",
     "record_cancellation",
     "record_attention",

@@ -18,6 +18,7 @@ from billing.models import (
     FinalizeInput,
     PaymentState,
     ReadPaymentInput,
+    RecordActionRequiredInput,
     RecordAttentionInput,
     RecordAuthorizationInput,
     RecordCancellationInput,
@@ -159,6 +160,21 @@ class LedgerActivities:
                 failure_code=input.decline.decline_code or input.decline.code,
                 failure_message=input.decline.message,
                 generation=input.generation,
+            )
+
+    @activity.defn(name="record_action_required")
+    async def record_action_required(self, input: RecordActionRequiredInput) -> None:
+        """pending -> action_required: the bank asks for 3-D Secure; the customer is asked
+        to authenticate at `next_action_url`."""
+        with ledger_rules_are_final():
+            await self._ledger.transition(
+                input.payment_id,
+                PaymentStatus.ACTION_REQUIRED,
+                intent_id=input.decline.intent_id,
+                failure_code=input.decline.decline_code or input.decline.code,
+                failure_message=input.decline.message,
+                generation=input.generation,
+                next_action_url=input.next_action_url,
             )
 
     @activity.defn(name="begin_attempt")

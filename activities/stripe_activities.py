@@ -5,11 +5,13 @@ from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 import stripe
+from stripe.params import PaymentIntentConfirmParams
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from billing.constants import RATE_LIMITED, ErrorType
 from billing.models import (
+    AuthenticateInput,
     Authorization,
     AuthorizeInput,
     AuthorizeUnlessHeldInput,
@@ -18,7 +20,9 @@ from billing.models import (
     Decline,
     FindAuthorizationInput,
     FindPeriodIntentsInput,
+    IntentState,
     PeriodIntents,
+    ReadIntentInput,
     RefundMade,
     RefundRefusal,
     RefundRequest,
@@ -28,12 +32,14 @@ from billing.stripe_client import (
     CANCELED,
     CAPTURABLE,
     CAPTURED,
+    REQUIRES_ACTION,
     ReadBackFailed,
     cancel_and_read_back,
     list_customer_intents,
     list_intent_refunds,
     needs_read_back,
     read_once,
+    redirect_url,
     stored_server_error,
 )
 
@@ -274,6 +280,7 @@ class StripeActivities:
                 for i in ours
                 if i.status == CAPTURABLE
             ),
+            awaiting_action=tuple(i.id for i in ours if i.status == REQUIRES_ACTION),
         )
 
     @activity.defn(name="authorize_unless_held")
@@ -287,6 +294,38 @@ class StripeActivities:
         if held.captured or held.capturable:
             return held
         return PeriodIntents(capturable=(await self.authorize(input.authorize),))
+
+    @activity.defn(name="request_authentication")
+    async def request_authentication(self, input: AuthenticateInput) -> IntentState:
+        """Confirm again, on-session, an intent that failed off-session with
+        `authentication_required`, so that the bank's 3-D Secure challenge goes to the
+        customer: Stripe answers `requires_action` with the URL where they authenticate. A
+        card that needs no challenge on-session is authorized at once (`requires_capture`),
+        and a decline fails as `authorize` fails. After a stored 500, or when the intent is
+        no longer confirmable, the intent is read: it tells what holds."""
+        params: PaymentIntentConfirmParams = {
+            "payment_method": input.payment_method_id,
+            "off_session": False,
+        }
+        if input.return_url is not None:
+            params["return_url"] = input.return_url
+        try:
+            intent = await self._client.v1.payment_intents.confirm_async(
+                input.intent_id, params, {"idempotency_key": input.idempotency_key}
+            )
+        except stripe.StripeError as err:
+            if not needs_read_back(err):
+                fail_for(err)
+            intent = await self._retrieve(input.intent_id)
+            if intent.status not in (REQUIRES_ACTION, CAPTURABLE):
+                fail_for(err)
+        return intent_state(intent)
+
+    @activity.defn(name="read_intent")
+    async def read_intent(self, input: ReadIntentInput) -> IntentState:
+        """The intent as Stripe holds it now: what a payment awaiting authentication reads
+        when an event about it arrives, and at its deadline."""
+        return intent_state(await self._retrieve(input.intent_id))
 
     @activity.defn(name="refund")
     async def refund(self, input: RefundRequest) -> RefundMade:
@@ -362,6 +401,20 @@ class StripeActivities:
             return await self._client.v1.payment_intents.retrieve_async(intent_id)
         except stripe.StripeError as err:
             fail_for(err, keyed=False)
+
+
+def intent_state(intent: stripe.PaymentIntent) -> IntentState:
+    error = intent.last_payment_error
+    return IntentState(
+        intent_id=intent.id,
+        status=intent.status,
+        amount_capturable=intent.amount_capturable or 0,
+        amount_received=intent.amount_received or 0,
+        next_action_url=redirect_url(intent),
+        error_code=error.code if error else None,
+        decline_code=error.decline_code if error else None,
+        error_message=error.message if error else None,
+    )
 
 
 def _belongs_to(intent: stripe.PaymentIntent, period: str, payment_id: str) -> bool:

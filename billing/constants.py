@@ -18,7 +18,9 @@ class PaymentStatus(StrEnum):
 
     pending: awaiting an authorization attempt; retrying: a soft decline, waiting for the next
     dunning attempt; authorized: an uncaptured authorization is recorded (the capture window);
-    capturing: the ledger allowed the capture, which may already be at Stripe; needs_attention:
+    capturing: the ledger allowed the capture, which may already be at Stripe; action_required:
+    the customer's bank asks for 3-D Secure, and the payment waits (with a deadline) for the
+    customer to authenticate at the recorded `next_action_url`; needs_attention:
     the workflow ended on something it cannot settle alone, after voiding every hold, and a
     person must look (`failure_code` and `failure_message` say why); partially_refunded and
     refunded: captured, then part or all of it given back by `refund` (the `refunds` table).
@@ -26,6 +28,7 @@ class PaymentStatus(StrEnum):
 
     PENDING = "pending"
     RETRYING = "retrying"
+    ACTION_REQUIRED = "action_required"
     AUTHORIZED = "authorized"
     CAPTURING = "capturing"
     SUCCEEDED = "succeeded"
@@ -105,6 +108,8 @@ class ErrorType(StrEnum):
     FENCED = "FencedByNewerGeneration"
     # Stripe refused a refund (`charge_already_refunded`, `amount_too_large`…): it ends failed.
     REFUND_REFUSED = "RefundRefused"
+    # The customer did not authenticate (3-D Secure) before the payment's deadline.
+    AUTHENTICATION_EXPIRED = "AuthenticationExpired"
 
 
 # A retryable failure type, so never in ErrorType: a 429 waits and tries again.
@@ -122,6 +127,10 @@ SOFT_DECLINE_CODES = frozenset(
         "call_issuer",
     }
 )
+
+# The decline of a card whose bank asks the customer to authenticate (3-D Secure): with an
+# authentication window in the policy the payment asks the customer, else it is final.
+AUTHENTICATION_REQUIRED = "authentication_required"
 
 # An uncaptured authorization lives 7 days, but only about 4 days 18 hours for Visa
 # merchant-initiated charges: a capture window must end before the shorter one.

@@ -23,14 +23,19 @@ from billing.models import (
 )
 
 S = PaymentStatus
-_OPEN = frozenset({S.PENDING, S.RETRYING, S.AUTHORIZED, S.CAPTURING})
+_OPEN = frozenset({S.PENDING, S.RETRYING, S.ACTION_REQUIRED, S.AUTHORIZED, S.CAPTURING})
 
 # Allowed previous states of each target state.
 TRANSITIONS: Mapping[PaymentStatus, frozenset[PaymentStatus]] = {
-    # A new authorization attempt: after a soft decline, or after an authorization expired.
-    S.PENDING: frozenset({S.RETRYING, S.AUTHORIZED, S.CAPTURING}),
-    S.RETRYING: frozenset({S.PENDING}),
-    S.AUTHORIZED: frozenset({S.PENDING}),
+    # A new authorization attempt: after a soft decline, after an authorization expired, or
+    # when a resumed run finds the intent awaiting authentication gone.
+    S.PENDING: frozenset({S.RETRYING, S.ACTION_REQUIRED, S.AUTHORIZED, S.CAPTURING}),
+    # A soft decline; from action_required when the card declined after authentication.
+    S.RETRYING: frozenset({S.PENDING, S.ACTION_REQUIRED}),
+    # The bank asked for 3-D Secure: the customer is asked to authenticate.
+    S.ACTION_REQUIRED: frozenset({S.PENDING}),
+    # Authorized at once, or once the customer authenticated.
+    S.AUTHORIZED: frozenset({S.PENDING, S.ACTION_REQUIRED}),
     # The guard before money moves: an operator's cancel, or any other move, wins over it.
     S.CAPTURING: frozenset({S.AUTHORIZED}),
     # From pending or retrying when Stripe already holds this period's capture (a lost row, a
@@ -38,7 +43,7 @@ TRANSITIONS: Mapping[PaymentStatus, frozenset[PaymentStatus]] = {
     S.SUCCEEDED: _OPEN,
     S.FAILED: _OPEN,
     # Never once capture has begun: then the capture decides.
-    S.CANCELLED: frozenset({S.PENDING, S.RETRYING, S.AUTHORIZED}),
+    S.CANCELLED: frozenset({S.PENDING, S.RETRYING, S.ACTION_REQUIRED, S.AUTHORIZED}),
     # From any open state: it says the row and Stripe may disagree, and a person must look. Never
     # over an ended payment: a capture, a cancel or a failure recorded there stands.
     S.NEEDS_ATTENTION: _OPEN,
@@ -128,7 +133,7 @@ FROM payments WHERE billing_period = $1 GROUP BY status, currency"""
 PAYMENT_COLUMNS = """
 id::text, customer_id::text, billing_period, amount, currency, status,
 stripe_payment_intent_id, amount_received, failure_code, failure_message, generation,
-created_at, updated_at"""
+next_action_url, created_at, updated_at"""
 
 PAYMENT_BY_ID = f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1::uuid"
 
@@ -162,6 +167,7 @@ UPDATE payments SET
     authorized_at = CASE WHEN $2 = 'authorized' THEN now() ELSE authorized_at END,
     captured_at = CASE WHEN $2 = 'succeeded' THEN now() ELSE captured_at END,
     cancelled_at = CASE WHEN $2 = 'cancelled' THEN now() ELSE cancelled_at END,
+    next_action_url = CASE WHEN $2 = 'action_required' THEN $9 END,
     updated_at = now()
 WHERE id = $1::uuid"""
 
@@ -341,6 +347,7 @@ class Ledger:
         failure_code: str | None = None,
         failure_message: str | None = None,
         generation: int | None = None,
+        next_action_url: str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> bool:
         """Move a payment to `to`. Returns False, changing nothing, when it is already there
@@ -406,6 +413,7 @@ class Ledger:
                 failure_message,
                 generation,
                 to in CLEARS_FAILURE,
+                next_action_url,
             )
             event_detail = {
                 k: v
@@ -415,6 +423,7 @@ class Ledger:
                     "amount_received": amount_received,
                     "failure_code": failure_code,
                     "failure_message": failure_message,
+                    "next_action_url": next_action_url,
                     **(detail or {}),
                 }.items()
                 if v is not None

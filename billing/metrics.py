@@ -55,6 +55,7 @@ class Wait(StrEnum):
 
     CAPTURE_WINDOW = "capture_window"
     DUNNING = "dunning"
+    AUTHENTICATION = "authentication"
 
 
 class MetricsUnavailable(Exception):

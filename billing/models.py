@@ -26,6 +26,11 @@ class BillingPolicy(Frozen):
     # Retry times after the first soft decline, e.g. 1, 3 and 5 days.
     dunning_schedule: tuple[timedelta, ...] = ()
     reauthorize_expired: bool = False
+    # How long a payment whose bank asks for 3-D Secure waits for the customer to
+    # authenticate; zero: `authentication_required` is a final decline, as before.
+    authentication_window: timedelta = timedelta(0)
+    # Where Stripe sends the customer back after authenticating.
+    authentication_return_url: str | None = None
 
 
 class PaymentInput(Frozen):
@@ -119,6 +124,9 @@ class PeriodIntents(Frozen):
 
     captured: tuple[Capture, ...] = ()
     capturable: tuple[Authorization, ...] = ()
+    # Intents waiting for the customer to authenticate (3-D Secure): they hold nothing yet,
+    # but would become authorizations if the customer authenticated.
+    awaiting_action: tuple[str, ...] = ()
 
 
 class AuthorizeUnlessHeldInput(Frozen):
@@ -127,6 +135,34 @@ class AuthorizeUnlessHeldInput(Frozen):
 
     find: FindPeriodIntentsInput
     authorize: AuthorizeInput
+
+
+class AuthenticateInput(Frozen):
+    """Confirm an intent that failed off-session with `authentication_required` again,
+    on-session, so that Stripe gives the URL where the customer authenticates."""
+
+    intent_id: str
+    payment_method_id: str
+    return_url: str | None
+    idempotency_key: str
+
+
+class IntentState(Frozen):
+    """A PaymentIntent as Stripe holds it now: its status, the URL where the customer
+    authenticates while it is `requires_action`, and its last error when it failed."""
+
+    intent_id: str
+    status: str
+    amount_capturable: int = 0
+    amount_received: int = 0
+    next_action_url: str | None = None
+    error_code: str | None = None
+    decline_code: str | None = None
+    error_message: str | None = None
+
+
+class ReadIntentInput(Frozen):
+    intent_id: str
 
 
 class ReadPaymentInput(Frozen):
@@ -202,6 +238,16 @@ class AttentionRecorded(Frozen):
     intent_id: str | None = None
 
 
+class RecordActionRequiredInput(Frozen):
+    """The decline that asked for authentication (it names the intent), and where the
+    customer authenticates."""
+
+    payment_id: str
+    generation: int
+    decline: Decline
+    next_action_url: str | None  # None when Stripe's next action is not a redirect
+
+
 class RecordAuthorizationInput(Frozen):
     payment_id: str
     intent_id: str
@@ -248,6 +294,8 @@ class PaymentRecord(Frozen):
     failure_code: str | None
     failure_message: str | None
     generation: int
+    # Where the customer authenticates, while the payment is `action_required`.
+    next_action_url: str | None = None
     created_at: datetime
     updated_at: datetime
 

@@ -51,6 +51,15 @@ class Settings(BaseSettings):
         default=True,
         description="Re-authorize once when an authorization expired before capture.",
     )
+    authentication_window: timedelta = Field(
+        default=timedelta(days=3),
+        description="How long a payment waits for the customer to pass 3-D Secure, e.g. 3d; "
+        "0: `authentication_required` is a final decline.",
+    )
+    authentication_return_url: str | None = Field(
+        default=None,
+        description="Where Stripe sends the customer after 3-D Secure (http or https).",
+    )
     launch_rate: float | None = Field(
         default=None,
         gt=0,
@@ -216,7 +225,27 @@ class Settings(BaseSettings):
             ) from err
         return value
 
-    @field_validator("capture_delay", "run_poll_interval", "schedule_catchup", mode="before")
+    @field_validator("authentication_window")
+    @classmethod
+    def _check_authentication_window(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must not be negative; e.g. 3d, or 0 to turn 3-D Secure off")
+        return value
+
+    @field_validator("authentication_return_url")
+    @classmethod
+    def _check_return_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("not an http(s) URL; e.g. https://example.com/billing/authenticated")
+        return value or None
+
+    @field_validator(
+        "capture_delay",
+        "run_poll_interval",
+        "schedule_catchup",
+        "authentication_window",
+        mode="before",
+    )
     @classmethod
     def _parse_durations(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value
@@ -243,6 +272,8 @@ class Settings(BaseSettings):
             capture_delay=self.capture_delay if capture_delay is None else capture_delay,
             dunning_schedule=tuple(self.dunning_schedule),
             reauthorize_expired=self.reauthorize_expired,
+            authentication_window=self.authentication_window,
+            authentication_return_url=self.authentication_return_url,
         )
 
     def stripe_per_second(self) -> dict[str, float]:

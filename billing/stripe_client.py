@@ -27,6 +27,8 @@ from billing.tracing import tracer
 CAPTURABLE = "requires_capture"
 CAPTURED = "succeeded"
 CANCELED = "canceled"
+# Waiting for the customer to authenticate (3-D Secure) at `next_action`'s URL.
+REQUIRES_ACTION = "requires_action"
 LIST_PAGE = 100  # Stripe's largest page
 
 # Stripe's answer to a capture or cancel of an intent in a status that does not allow it
@@ -225,6 +227,15 @@ async def list_intent_refunds(
         if not page.has_more or not page.data:
             return found
         params["starting_after"] = page.data[-1].id
+
+
+def redirect_url(intent: stripe.PaymentIntent) -> str | None:
+    """Where the customer authenticates an intent in `requires_action`: the URL of its
+    `redirect_to_url` next action (a confirm that names a `return_url` gets one)."""
+    action = intent.next_action
+    if action is None or action.redirect_to_url is None:
+        return None
+    return action.redirect_to_url.url
 
 
 class ReadBackFailed(Exception):

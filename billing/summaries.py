@@ -32,6 +32,8 @@ def payment_details(payment: PaymentInput) -> str:
     policy = payment.policy
     window = format_duration(policy.capture_delay) if policy.capture_delay else "none"
     dunning = ", ".join(format_duration(d) for d in policy.dunning_schedule) or "none"
+    window_3ds = policy.authentication_window
+    authentication = f"waits up to {format_duration(window_3ds)}" if window_3ds else "off"
     return "\n".join(
         [
             f"**Payment** {payment.payment_id}",
@@ -39,6 +41,7 @@ def payment_details(payment: PaymentInput) -> str:
             f"**Card** {payment.payment_method_id}",
             f"**Capture window** {window}",
             f"**Dunning retries after** {dunning}",
+            f"**3-D Secure** {authentication}",
         ]
     )
 
@@ -82,5 +85,13 @@ def dunning_wait_summary(retry: int, retries: int, start: datetime, wait: timede
     """`retry` counts from 1: `dunning retry 2 of 3 in 2d, at 2026-11-30 14:00 UTC`."""
     return (
         f"dunning retry {retry} of {retries} in {format_duration(wait)}, "
+        f"at {until_text(start, wait)}"
+    )
+
+
+def authentication_wait_summary(intent_id: str, start: datetime, wait: timedelta) -> str:
+    """`3-D Secure of pi_…: next check in 1h, at 14:00 UTC`."""
+    return (
+        f"3-D Secure of {intent_id}: next check in {format_duration(wait)}, "
         f"at {until_text(start, wait)}"
     )

@@ -25,6 +25,7 @@ from local_stack.postgres import EmbeddedPostgres
 from local_stack.temporal import start_local_environment, test_server_path
 from stripe_sandbox import Sandbox
 from temporal_ops import SCHEDULE_ID, schedule_handle
+from tests.webhook_support import Hooks, register_endpoint
 
 # One quick dunning retry, so that integration tests see a soft decline retried and fail.
 DUNNING_RETRY_AFTER = timedelta(seconds=1)
@@ -161,3 +162,11 @@ async def _delete_schedule(client: Client) -> None:
     async for listed in await client.list_schedules():
         if listed.id == SCHEDULE_ID:
             await schedule_handle(client).delete()
+
+
+@pytest.fixture
+async def hooks(
+    temporal_env: WorkflowEnvironment, pool: asyncpg.Pool, sandbox: Sandbox, settings: Settings
+) -> Hooks:
+    """A webhook endpoint in the sandbox; `hooks.receiving()` runs its receiver."""
+    return await register_endpoint(temporal_env, pool, sandbox, settings)

@@ -15,6 +15,7 @@ from billing.settings import Settings
 from billing.stripe_client import make_stripe_client
 from billing.summaries import (
     amount_text,
+    authentication_wait_summary,
     capture_window_summary,
     dunning_wait_summary,
     payment_details,
@@ -52,7 +53,11 @@ def test_amounts_read_in_the_currencys_decimals() -> None:
 
 def test_the_details_say_what_the_payment_was_started_with() -> None:
     details = payment_details(
-        payment(capture_delay=timedelta(hours=2), dunning_schedule=[timedelta(days=1)])
+        payment(
+            capture_delay=timedelta(hours=2),
+            dunning_schedule=[timedelta(days=1)],
+            authentication_window=timedelta(days=3),
+        )
     )
     assert details.splitlines() == [
         "**Payment** 7f1c",
@@ -60,8 +65,10 @@ def test_the_details_say_what_the_payment_was_started_with() -> None:
         "**Card** pm_card_visa",
         "**Capture window** 2h",
         "**Dunning retries after** 1d",
+        "**3-D Secure** waits up to 3d",
     ]
     assert "**Capture window** none" in payment_details(payment())
+    assert "**3-D Secure** off" in payment_details(payment())
 
 
 def test_timers_say_how_long_and_until_when() -> None:
@@ -72,6 +79,8 @@ def test_timers_say_how_long_and_until_when() -> None:
     assert window == "capture window 2d, until 2026-11-30 12:00 UTC"
     dunning = dunning_wait_summary(2, 3, noon, timedelta(minutes=30))
     assert dunning == "dunning retry 2 of 3 in 30m, at 12:30 UTC"
+    authentication = authentication_wait_summary("pi_1", noon, timedelta(hours=1))
+    assert authentication == "3-D Secure of pi_1: next check in 1h, at 13:00 UTC"
 
 
 def summaries(events: list[HistoryEvent], event_type: "EventType.ValueType") -> list[str]:

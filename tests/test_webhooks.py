@@ -8,82 +8,31 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 from stripe import StripeClient
-from temporalio.testing import WorkflowEnvironment
 
 from billing.constants import PaymentStatus, workflow_id
 from billing.ledger import Ledger
 from billing.ledger_stripe_events import StripeEventLedger
 from billing.models import PaymentRecord
-from billing.settings import WEBHOOK_PATH, Settings
+from billing.settings import Settings
 from billing.stripe_client import make_stripe_client
 from billing.stripe_event_facts import HANDLED_TYPES
-from billing.webhooks import WebhookReceiver, listening, main, webhook_app
-from local_stack.ports import LOOPBACK, free_port
+from billing.webhooks import main
 from starter import execute
 from stripe_sandbox import Sandbox
 from stripe_sandbox.webhook_faults import WebhookFaultRule
-from stripe_sandbox.webhooks import WebhookSettings, signature_header
+from stripe_sandbox.webhooks import signature_header
 from temporal_ops import payment_stripe_events, signal_stripe_event
 from tests.support import add_customer, running_worker
+from tests.webhook_support import IDLE_WITHIN_S, Hooks
 
 PERIOD = "2026-11"
 WINDOW = ["--capture-after", "1h"]  # the workflow waits, running, in its capture window
-# Fast retries, and enough of them to outlast a receiver being restarted.
-DELIVERY = WebhookSettings(retry_base_ms=50, max_attempts=10, timeout_ms=5000)
-IDLE_WITHIN_S = 30
-
-
-@dataclass
-class Hooks:
-    """A webhook endpoint registered in the sandbox, pointing at a receiver's port."""
-
-    port: int
-    secret: str
-    env: WorkflowEnvironment
-    pool: asyncpg.Pool
-    sandbox: Sandbox
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}{WEBHOOK_PATH}"
-
-    @asynccontextmanager
-    async def receiving(
-        self, after_store: Callable[[str], Awaitable[None]] | None = None
-    ) -> AsyncIterator[None]:
-        receiver = WebhookReceiver(
-            self.secret, StripeEventLedger(self.pool), self.env.client, after_store
-        )
-        async with listening(webhook_app(receiver), LOOPBACK, self.port):
-            yield
-
-    async def idle(self) -> None:
-        """Every delivery answered, retries included."""
-        async with asyncio.timeout(IDLE_WITHIN_S):
-            await self.sandbox.webhooks.wait_idle()
-
-
-@pytest.fixture
-async def hooks(
-    temporal_env: WorkflowEnvironment, pool: asyncpg.Pool, sandbox: Sandbox, settings: Settings
-) -> Hooks:
-    sandbox.webhooks.settings = DELIVERY
-    port = free_port()
-    stripe = make_stripe_client(settings)
-    endpoint = await stripe.v1.webhook_endpoints.create_async(
-        {"url": f"http://{LOOPBACK}:{port}{WEBHOOK_PATH}", "enabled_events": ["*"]}
-    )
-    assert endpoint.secret is not None and endpoint.secret.startswith("whsec_")
-    return Hooks(port, endpoint.secret, temporal_env, pool, sandbox)
 
 
 async def start_payment(

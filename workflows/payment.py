@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from datetime import timedelta
+from functools import partial
 from typing import TypeVar
 
 from temporalio import workflow
@@ -26,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.stripe_activities import StripeActivities
     from billing import metrics
     from billing.constants import (
+        AUTHENTICATION_REQUIRED,
         BILLING_PERIOD,
         PAYMENT_STATUS,
         SOFT_DECLINE_CODES,
@@ -37,8 +39,10 @@ with workflow.unsafe.imports_passed_through():
         starting_search_attributes,
         void_key,
     )
+    from billing.durations import format_duration
     from billing.models import (
         AttentionRecorded,
+        AuthenticateInput,
         Authorization,
         AuthorizeInput,
         AuthorizeUnlessHeldInput,
@@ -51,12 +55,15 @@ with workflow.unsafe.imports_passed_through():
         FinalizeInput,
         FindAuthorizationInput,
         FindPeriodIntentsInput,
+        IntentState,
         PaymentInput,
         PaymentMethodUpdate,
         PaymentResult,
         PaymentState,
         PeriodIntents,
+        ReadIntentInput,
         ReadPaymentInput,
+        RecordActionRequiredInput,
         RecordAttentionInput,
         RecordAuthorizationInput,
         RecordCancellationInput,
@@ -67,7 +74,13 @@ with workflow.unsafe.imports_passed_through():
         VoidInput,
     )
     from billing.period import period_start
-    from billing.summaries import amount_text, capture_window_summary, dunning_wait_summary
+    from billing.stripe_client import CAPTURABLE, CAPTURED, REQUIRES_ACTION
+    from billing.summaries import (
+        amount_text,
+        authentication_wait_summary,
+        capture_window_summary,
+        dunning_wait_summary,
+    )
 
 NON_RETRYABLE = [t.value for t in ErrorType]
 LedgerInput = TypeVar("LedgerInput")
@@ -114,6 +127,16 @@ RESUME_AS_RECORDED = "resume-as-recorded"
 # `authorize_unless_held`: one activity task and one workflow task fewer per payment (see
 # docs/performance.md). Without the marker they converge, then authorize, as two activities.
 AUTHORIZE_UNLESS_HELD = "authorize-unless-held"
+# Payments started under this patch (besides RESUME_AS_RECORDED), with an authentication
+# window in their policy, answer `authentication_required` with 3-D Secure: the intent is
+# confirmed again on-session, the payment waits `action_required` for the customer, and goes
+# on to capture once they authenticated. The marker is written only when a payment meets that
+# decline; without it the decline is final, as before.
+THREE_D_SECURE = "three-d-secure"
+# While a payment waits for the customer to authenticate, it reads the intent from Stripe
+# when an event about it arrives (the webhook), at least this often, and at the deadline: a
+# dropped webhook delays the capture, it never loses it.
+AUTHENTICATION_CHECK_EVERY = timedelta(hours=1)
 # How far before the period (or the run, if earlier) converging looks for its charges.
 PERIOD_LOOKBACK = timedelta(days=35)
 # Failures of authorize after which Stripe may hold an authorization the workflow never saw.
@@ -523,6 +546,11 @@ class PaymentWorkflow:
             if existing is not None:
                 return existing
         decline = decline_of(failure)
+        if decline is not None and self._may_authenticate(decline):
+            authenticated = await self._authenticate(decline)
+            if not isinstance(authenticated, ApplicationError):
+                return authenticated
+            failure, decline = authenticated, decline_of(authenticated)
         if decline is None or not self._may_retry(decline):
             return await self._fail(failure, intent_id=None)
         await self._wait_to_retry(decline)
@@ -530,6 +558,117 @@ class PaymentWorkflow:
             return await self._cancel(intent_id=None)
         reason = "payment_method_updated" if self._payment_method_updated else "dunning"
         return await self._new_generation(reason)
+
+    def _may_authenticate(self, decline: Decline) -> bool:
+        """The bank asks the customer to authenticate, and the policy gives them time."""
+        return (
+            (decline.decline_code or decline.code) == AUTHENTICATION_REQUIRED
+            and decline.intent_id is not None
+            and self._input.policy.authentication_window > timedelta(0)
+            and not self._cancel_requested
+            and self._as_recorded
+            and workflow.patched(THREE_D_SECURE)
+        )
+
+    async def _authenticate(self, decline: Decline) -> Converged | PaymentResult | ApplicationError:
+        """3-D Secure: confirm the declined intent again on-session, record
+        `action_required` with the URL where the customer authenticates, then wait for them
+        up to the policy's authentication window. What Stripe holds for the intent decides,
+        read when an event about it arrives, every AUTHENTICATION_CHECK_EVERY and at the
+        deadline: authorized goes on to capture; a decline (a failed authentication, or the
+        card declining after it) is returned for `_recover`; still waiting at the deadline
+        cancels the intent and fails the payment. A cancel voids the intent."""
+        assert decline.intent_id is not None
+        intent_id = decline.intent_id
+        self._step = "request_authentication"
+        state = await self._resending(
+            lambda key, resend: workflow.execute_activity_method(
+                StripeActivities.request_authentication,
+                AuthenticateInput(
+                    intent_id=intent_id,
+                    payment_method_id=self._payment_method,
+                    return_url=self._input.policy.authentication_return_url,
+                    idempotency_key=idempotency_key(
+                        self._input.payment_id, "authenticate", self._generation, resend
+                    ),
+                ),
+                start_to_close_timeout=STRIPE_TIMEOUT,
+                retry_policy=STRIPE_RETRY,
+                summary=f"ask the customer to authenticate {intent_id}" + key,
+            )
+        )
+        if isinstance(state, IntentState) and state.status == REQUIRES_ACTION:
+            self._step = "record_action_required"
+            await self._move(
+                LedgerActivities.record_action_required,
+                RecordActionRequiredInput(
+                    payment_id=self._input.payment_id,
+                    generation=self._generation,
+                    decline=decline,
+                    next_action_url=state.next_action_url,
+                ),
+                PaymentStatus.ACTION_REQUIRED,
+            )
+            waited = await self._await_authentication(intent_id)
+            if waited is None:
+                return await self._cancel(intent_id=intent_id)
+            state = waited
+        if isinstance(state, ApplicationError):
+            return state
+        if state.status == CAPTURABLE:
+            return Authorization(intent_id=intent_id, amount_capturable=state.amount_capturable)
+        if state.status == CAPTURED:
+            return Capture(intent_id=intent_id, amount_received=state.amount_received)
+        if state.status == REQUIRES_ACTION:  # the deadline passed
+            self._step = "void"
+            await self._void(intent_id)
+            window = format_duration(self._input.policy.authentication_window)
+            return ApplicationError(
+                f"the customer did not authenticate {intent_id} within {window}; "
+                "the PaymentIntent was cancelled",
+                type=ErrorType.AUTHENTICATION_EXPIRED,
+                non_retryable=True,
+            )
+        failed = Decline(
+            code=state.error_code or state.status,
+            decline_code=state.decline_code,
+            message=state.error_message or f"the PaymentIntent is {state.status}",
+            intent_id=intent_id,
+        )
+        return ApplicationError(
+            failed.message, failed, type=ErrorType.CARD_DECLINED, non_retryable=True
+        )
+
+    async def _await_authentication(self, intent_id: str) -> IntentState | None:
+        """Wait for the customer to authenticate: the intent as Stripe holds it once it no
+        longer waits or the window has passed, or None on a cancel."""
+        deadline = workflow.now() + self._input.policy.authentication_window
+        while True:
+            woken = partial(self._woken_by, len(self._stripe_events))
+            wait = min(deadline - workflow.now(), AUTHENTICATION_CHECK_EVERY)
+            self._step = "waiting_for_authentication"
+            await self._wait_until(
+                woken,
+                at_most=wait,
+                summary=authentication_wait_summary(intent_id, workflow.now(), wait),
+                wait=metrics.Wait.AUTHENTICATION,
+            )
+            if self._cancel_requested:
+                return None
+            self._step = "read_intent"
+            state = await workflow.execute_activity_method(
+                StripeActivities.read_intent,
+                ReadIntentInput(intent_id=intent_id),
+                start_to_close_timeout=STRIPE_TIMEOUT,
+                retry_policy=STRIPE_RETRY,
+                summary=f"read {intent_id}",
+            )
+            if state.status != REQUIRES_ACTION or workflow.now() >= deadline:
+                return state
+
+    def _woken_by(self, events_seen: int) -> bool:
+        """A cancel, or a Stripe event since `events_seen` of them had arrived."""
+        return self._cancel_requested or len(self._stripe_events) > events_seen
 
     def _may_retry(self, decline: Decline) -> bool:
         if (decline.decline_code or decline.code) not in SOFT_DECLINE_CODES:
@@ -660,20 +799,28 @@ class PaymentWorkflow:
         return existing
 
     async def _capture(self, intent_id: str) -> Capture | ApplicationError:
+        return await self._resending(
+            lambda key, resend: workflow.execute_activity_method(
+                StripeActivities.capture,
+                CaptureInput(
+                    intent_id=intent_id,
+                    idempotency_key=idempotency_key(
+                        self._input.payment_id, "capture", self._generation, resend
+                    ),
+                ),
+                start_to_close_timeout=STRIPE_TIMEOUT,
+                retry_policy=STRIPE_RETRY,
+                summary=f"capture {intent_id}" + key,
+            )
+        )
+
+    async def _resending(self, call: Callable[[str, int], Awaitable[T]]) -> T | ApplicationError:
+        """A keyed Stripe call, `call(summary suffix, resend)`, sent under a new key (up to
+        MAX_RESENDS times) while Stripe answers the key with a stored 500 that did not take
+        effect. Returns its result, or the business failure it ended with."""
         for resend in range(MAX_RESENDS + 1):
             try:
-                return await workflow.execute_activity_method(
-                    StripeActivities.capture,
-                    CaptureInput(
-                        intent_id=intent_id,
-                        idempotency_key=idempotency_key(
-                            self._input.payment_id, "capture", self._generation, resend
-                        ),
-                    ),
-                    start_to_close_timeout=STRIPE_TIMEOUT,
-                    retry_policy=STRIPE_RETRY,
-                    summary=f"capture {intent_id}" + (f" (new key {resend})" if resend else ""),
-                )
+                return await call(f" (new key {resend})" if resend else "", resend)
             except ActivityError as err:
                 failure = business_failure(err)
                 if failure is None:
@@ -824,11 +971,11 @@ class PaymentWorkflow:
         except ActivityError as list_err:  # e.g. Stripe no longer knows the customer
             held = PeriodIntents()
             message += f"; could not list the period's holds, none was voided: {list_err.cause}"
-        for authorization in held.capturable:
+        for intent_id in [a.intent_id for a in held.capturable] + list(held.awaiting_action):
             try:
-                await self._void(authorization.intent_id)
+                await self._void(intent_id)
             except ActivityError as void_err:
-                message += f"; could not void {authorization.intent_id}: {void_err.cause}"
+                message += f"; could not void {intent_id}: {void_err.cause}"
         self._step = "record_attention"
         try:
             recorded: AttentionRecorded | None = await self._write(

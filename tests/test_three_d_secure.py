@@ -1,0 +1,178 @@
+"""3-D Secure in the payment workflow, against the real worker, dev server, PostgreSQL, the
+sandbox and (where the test says so) the webhook receiver: a card whose bank asks the customer
+to authenticate moves the payment to `action_required` with the URL to visit; the customer
+passing it (seen by webhook, or by the workflow's own read at its deadline) leads to one
+capture; failing it, letting the deadline pass, or a cancel leaves nothing held."""
+
+import time
+from datetime import timedelta
+
+import aiohttp
+import asyncpg
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from billing.constants import ErrorType, PaymentStatus, workflow_id
+from billing.ledger import Ledger
+from billing.models import PaymentRecord
+from billing.settings import Settings
+from billing.stripe_client import make_stripe_client
+from starter import execute
+from stripe_sandbox import Sandbox
+from temporal_ops import payment_stripe_events
+from tests.crash.harness import wait_for_status
+from tests.support import add_customer, intents_of, running_worker
+from tests.webhook_support import Hooks
+
+PERIOD = "2026-11"
+NEEDS_3DS = "pm_card_authenticationRequired"
+# Declines with insufficient funds once the customer has authenticated.
+NEEDS_3DS_THEN_SOFT_DECLINE = "pm_card_authenticationRequiredChargeDeclinedInsufficientFunds"
+LONG = timedelta(hours=1)  # longer than any test: only an event or a cancel ends the wait
+SHORT = timedelta(seconds=4)  # the deadline comes within the test
+
+
+def with_window(settings: Settings, window: timedelta) -> Settings:
+    return settings.model_copy(update={"authentication_window": window})
+
+
+async def bill_and_wait_for_action(
+    env: WorkflowEnvironment, pool: asyncpg.Pool, settings: Settings, card: str = NEEDS_3DS
+) -> PaymentRecord:
+    """Bill one customer with `card`; returns its row once it is `action_required`."""
+    ledger = Ledger(pool)
+    await add_customer(ledger, make_stripe_client(settings), card)
+    assert await execute(["bill", PERIOD], settings, env.client) == 0
+    [payment] = await ledger.period_payments(PERIOD)
+    await wait_for_status(pool, payment.id, PaymentStatus.ACTION_REQUIRED)
+    row = await ledger.payment(payment.id)
+    assert row is not None
+    return row
+
+
+async def authenticate(payment: PaymentRecord, outcome: str = "complete") -> None:
+    """The customer opens the URL the payment recorded and passes (or fails) 3-D Secure."""
+    assert payment.next_action_url is not None
+    async with aiohttp.ClientSession() as http:
+        async with http.get(payment.next_action_url) as page:
+            assert page.status == 200
+            assert payment.stripe_payment_intent_id in await page.text()
+        intent = payment.stripe_payment_intent_id
+        base = payment.next_action_url.split("/_sandbox/")[0]
+        async with http.post(f"{base}/_sandbox/payment_intents/{intent}/3ds/{outcome}") as done:
+            assert done.status == 200, await done.text()
+
+
+async def ended(env: WorkflowEnvironment, pool: asyncpg.Pool, payment_id: str) -> PaymentRecord:
+    await env.client.get_workflow_handle(workflow_id(payment_id)).result()
+    row = await Ledger(pool).payment(payment_id)
+    assert row is not None
+    return row
+
+
+def statuses(sandbox: Sandbox, payment_id: str) -> list[str]:
+    return [i["status"] for i in intents_of(sandbox, payment_id)]
+
+
+async def test_the_customer_authenticates_and_the_webhook_leads_to_one_capture(
+    hooks: Hooks, settings: Settings, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = with_window(settings, LONG)
+    async with running_worker(settings, hooks.env.client), hooks.receiving():
+        payment = await bill_and_wait_for_action(hooks.env, hooks.pool, settings)
+        intent = payment.stripe_payment_intent_id
+        assert payment.next_action_url == f"{sandbox.url}/_sandbox/3ds/{intent}"
+        assert payment.failure_code == "authentication_required"
+        capsys.readouterr()
+        assert await execute(["status", payment.id], settings, hooks.env.client) == 0
+        shown = capsys.readouterr().out
+        assert "action_required" in shown and payment.next_action_url in shown
+
+        began = time.monotonic()
+        await authenticate(payment)
+        row = await ended(hooks.env, hooks.pool, payment.id)
+        # The webhook woke the workflow: it did not wait for its hourly read.
+        assert time.monotonic() - began < 60
+        types = [f.type for f in await payment_stripe_events(hooks.env.client, payment.id)]
+    assert "payment_intent.amount_capturable_updated" in types
+    assert (row.status, row.stripe_payment_intent_id) == (PaymentStatus.SUCCEEDED, intent)
+    assert (row.amount_received, row.next_action_url, row.failure_code) == (2500, None, None)
+    assert statuses(sandbox, payment.id) == ["succeeded"]  # one intent, captured once
+
+
+async def test_without_webhooks_the_deadline_read_finds_the_authentication(
+    temporal_env: WorkflowEnvironment, pool: asyncpg.Pool, settings: Settings, sandbox: Sandbox
+) -> None:
+    settings = with_window(settings, SHORT)
+    async with running_worker(settings, temporal_env.client):
+        payment = await bill_and_wait_for_action(temporal_env, pool, settings)
+        await authenticate(payment)
+        row = await ended(temporal_env, pool, payment.id)
+    assert row.status == PaymentStatus.SUCCEEDED
+    assert statuses(sandbox, payment.id) == ["succeeded"]
+
+
+async def test_the_deadline_cancels_the_intent_and_fails_the_payment(
+    temporal_env: WorkflowEnvironment, pool: asyncpg.Pool, settings: Settings, sandbox: Sandbox
+) -> None:
+    settings = with_window(settings, SHORT)
+    async with running_worker(settings, temporal_env.client):
+        payment = await bill_and_wait_for_action(temporal_env, pool, settings)
+        row = await ended(temporal_env, pool, payment.id)
+    assert row.status == PaymentStatus.FAILED
+    assert row.failure_code == ErrorType.AUTHENTICATION_EXPIRED
+    assert row.next_action_url is None
+    assert statuses(sandbox, payment.id) == ["canceled"]
+    assert await execute(["reconcile", PERIOD], settings, temporal_env.client) == 0
+
+
+async def test_a_failed_authentication_fails_the_payment(
+    hooks: Hooks, settings: Settings, sandbox: Sandbox
+) -> None:
+    settings = with_window(settings, LONG)
+    async with running_worker(settings, hooks.env.client), hooks.receiving():
+        payment = await bill_and_wait_for_action(hooks.env, hooks.pool, settings)
+        await authenticate(payment, "fail")
+        row = await ended(hooks.env, hooks.pool, payment.id)
+    assert row.status == PaymentStatus.FAILED
+    assert row.failure_code == "payment_intent_authentication_failure"
+    assert statuses(sandbox, payment.id) == ["requires_payment_method"]  # holds nothing
+
+
+async def test_a_soft_decline_after_authentication_goes_to_dunning(
+    hooks: Hooks, settings: Settings, sandbox: Sandbox
+) -> None:
+    """The card declines once authenticated: dunning retries it (off-session, so the bank
+    asks again), and with the one retry of the tests' schedule used up, it fails."""
+    settings = with_window(settings, LONG)
+    ledger = Ledger(hooks.pool)
+    async with running_worker(settings, hooks.env.client), hooks.receiving():
+        payment = await bill_and_wait_for_action(
+            hooks.env, hooks.pool, settings, NEEDS_3DS_THEN_SOFT_DECLINE
+        )
+        await authenticate(payment)
+        await wait_for_status(hooks.pool, payment.id, PaymentStatus.RETRYING)
+        retried = await ledger.payment(payment.id)
+        assert retried is not None and retried.failure_code == "insufficient_funds"
+        await wait_for_status(hooks.pool, payment.id, PaymentStatus.ACTION_REQUIRED)
+        again = await ledger.payment(payment.id)
+        assert again is not None and again.generation == 2
+        await authenticate(again)
+        row = await ended(hooks.env, hooks.pool, payment.id)
+    assert (row.status, row.failure_code) == (PaymentStatus.FAILED, "insufficient_funds")
+    assert statuses(sandbox, payment.id) == ["requires_payment_method"] * 2
+
+
+async def test_a_cancel_while_waiting_voids_the_intent(
+    temporal_env: WorkflowEnvironment, pool: asyncpg.Pool, settings: Settings, sandbox: Sandbox
+) -> None:
+    settings = with_window(settings, LONG)
+    async with running_worker(settings, temporal_env.client):
+        payment = await bill_and_wait_for_action(temporal_env, pool, settings)
+        assert await execute(["cancel", payment.id], settings, temporal_env.client) == 0
+        row = await ended(temporal_env, pool, payment.id)
+        # Authenticating after the cancel charges nothing: the intent is gone.
+        with pytest.raises(AssertionError):
+            await authenticate(payment)
+    assert row.status == PaymentStatus.CANCELLED
+    assert statuses(sandbox, payment.id) == ["canceled"]
