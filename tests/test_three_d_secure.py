@@ -52,12 +52,12 @@ async def bill_and_wait_for_action(
 
 async def authenticate(payment: PaymentRecord, outcome: str = "complete") -> None:
     """The customer opens the URL the payment recorded and passes (or fails) 3-D Secure."""
-    assert payment.next_action_url is not None
+    intent = payment.stripe_payment_intent_id
+    assert payment.next_action_url is not None and intent is not None
     async with aiohttp.ClientSession() as http:
         async with http.get(payment.next_action_url) as page:
             assert page.status == 200
-            assert payment.stripe_payment_intent_id in await page.text()
-        intent = payment.stripe_payment_intent_id
+            assert intent in await page.text()
         base = payment.next_action_url.split("/_sandbox/")[0]
         async with http.post(f"{base}/_sandbox/payment_intents/{intent}/3ds/{outcome}") as done:
             assert done.status == 200, await done.text()
