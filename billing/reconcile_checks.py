@@ -19,7 +19,9 @@ from billing.stripe_client import CAPTURABLE, CAPTURED
 S = PaymentStatus
 # A capture while the ledger says one of these is money the ledger says was not taken.
 NOT_CHARGED = frozenset({S.FAILED, S.CANCELLED, S.NEEDS_ATTENTION})
-IN_FLIGHT = frozenset({S.PENDING, S.RETRYING})
+# A capturable intent of a payment in one of these is in flight: authorized after a retry, or
+# once the customer passed 3-D Secure, and about to be recorded.
+IN_FLIGHT = frozenset({S.PENDING, S.RETRYING, S.ACTION_REQUIRED})
 
 
 class Kind(StrEnum):

@@ -17,7 +17,7 @@ from billing.ledger import Ledger
 from billing.models import PaymentRecord
 from billing.settings import Settings
 from billing.stripe_client import make_stripe_client
-from starter import execute
+from starter import execute, main
 from stripe_sandbox import Sandbox
 from temporal_ops import payment_stripe_events
 from tests.crash.harness import wait_for_status
@@ -176,3 +176,27 @@ async def test_a_cancel_while_waiting_voids_the_intent(
             await authenticate(payment)
     assert row.status == PaymentStatus.CANCELLED
     assert statuses(sandbox, payment.id) == ["canceled"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("AUTHENTICATION_WINDOW", "soon", "invalid duration 'soon'"),
+        ("AUTHENTICATION_WINDOW", "-1d", "invalid duration '-1d'"),
+        ("AUTHENTICATION_RETURN_URL", "ftp://example.com", "not an http(s) URL"),
+    ],
+)
+def test_a_bad_setting_exits_2_with_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    says: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setattr("sys.argv", ["starter.py", "report", PERIOD])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert variable in line and says in line, line

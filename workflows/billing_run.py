@@ -58,7 +58,8 @@ IDLE_SWEEP_AFTER = timedelta(days=1)
 # Continue as new past this many events even when the server does not suggest it yet.
 HISTORY_LIMIT = 5_000
 IN_FLIGHT = (PaymentStatus.PENDING, PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURING)
-OPEN = (*IN_FLIGHT, PaymentStatus.RETRYING)
+# Waiting days, for a dunning retry or for the customer to pass 3-D Secure.
+OPEN = (*IN_FLIGHT, PaymentStatus.RETRYING, PaymentStatus.ACTION_REQUIRED)
 SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 
 
