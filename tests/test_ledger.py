@@ -348,3 +348,33 @@ async def test_the_row_state_counts_its_soft_declines(pool: asyncpg.Pool) -> Non
         3,
         3,
     )
+
+
+async def test_the_url_to_authenticate_lives_only_while_action_is_required(
+    pool: asyncpg.Pool,
+) -> None:
+    ledger = Ledger(pool)
+    pid = await first_payment(ledger)
+    url = "http://127.0.0.1:12111/_sandbox/3ds/pi_1"
+    moved = await ledger.transition(
+        pid,
+        PaymentStatus.ACTION_REQUIRED,
+        intent_id="pi_1",
+        failure_code="authentication_required",
+        generation=1,
+        next_action_url=url,
+    )
+    assert moved
+    waiting = await ledger.payment(pid)
+    assert waiting is not None
+    assert (waiting.next_action_url, waiting.failure_code) == (url, "authentication_required")
+    assert (await ledger.events(pid))[-1].detail["next_action_url"] == url
+    with pytest.raises(ForbiddenTransition):  # capture only after the authorization is recorded
+        await ledger.transition(pid, PaymentStatus.CAPTURING, intent_id="pi_1", generation=1)
+
+    await ledger.transition(pid, PaymentStatus.AUTHORIZED, intent_id="pi_1", generation=1)
+    authorized = await ledger.payment(pid)
+    assert authorized is not None
+    assert (authorized.next_action_url, authorized.failure_code) == (None, None)
+    with pytest.raises(asyncpg.CheckViolationError):  # the URL belongs to action_required
+        await pool.execute("UPDATE payments SET next_action_url = 'x' WHERE id = $1::uuid", pid)
