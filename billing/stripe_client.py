@@ -232,10 +232,8 @@ async def list_intent_refunds(
 def redirect_url(intent: stripe.PaymentIntent) -> str | None:
     """Where the customer authenticates an intent in `requires_action`: the URL of its
     `redirect_to_url` next action (a confirm that names a `return_url` gets one)."""
-    action = intent.next_action
-    if action is None or action.redirect_to_url is None:
-        return None
-    return action.redirect_to_url.url
+    action = intent.next_action.to_dict() if intent.next_action else {}
+    return (action.get("redirect_to_url") or {}).get("url")
 
 
 class ReadBackFailed(Exception):

@@ -10,11 +10,12 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from stripe import StripeClient
 from temporalio.client import Client
 
 from billing.ledger import Ledger
-from billing.models import NewCustomer
+from billing.models import NewCustomer, PaymentRecord
 from billing.settings import Settings
 from stripe_sandbox import Sandbox
 from worker import run_worker
@@ -58,6 +59,20 @@ async def add_customer(
 def intents_of(sandbox: Sandbox, payment_id: str) -> list[dict[str, Any]]:
     """The sandbox's PaymentIntents created for one payment, oldest first."""
     return [i for i in sandbox.payment_intents() if i["metadata"].get("payment_id") == payment_id]
+
+
+async def pass_3d_secure(payment: PaymentRecord, outcome: str = "complete") -> None:
+    """The customer opens the URL an `action_required` payment recorded, on the sandbox,
+    and passes 3-D Secure (`outcome` "fail": fails it)."""
+    intent = payment.stripe_payment_intent_id
+    assert payment.next_action_url is not None and intent is not None
+    async with aiohttp.ClientSession() as http:
+        async with http.get(payment.next_action_url) as page:
+            assert page.status == 200
+            assert intent in await page.text()
+        base = payment.next_action_url.split("/_sandbox/")[0]
+        async with http.post(f"{base}/_sandbox/payment_intents/{intent}/3ds/{outcome}") as done:
+            assert done.status == 200, await done.text()
 
 
 def worker_env(settings: Settings, temporal_address: str) -> dict[str, str]:

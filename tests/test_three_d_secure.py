@@ -7,11 +7,12 @@ capture; failing it, letting the deadline pass, or a cancel leaves nothing held.
 import time
 from datetime import timedelta
 
-import aiohttp
 import asyncpg
 import pytest
+import stripe
 from temporalio.testing import WorkflowEnvironment
 
+from activities.stripe_activities import intent_state
 from billing.constants import ErrorType, PaymentStatus, workflow_id
 from billing.ledger import Ledger
 from billing.models import PaymentRecord
@@ -21,7 +22,7 @@ from starter import execute, main
 from stripe_sandbox import Sandbox
 from temporal_ops import payment_stripe_events
 from tests.crash.harness import wait_for_status
-from tests.support import add_customer, intents_of, running_worker
+from tests.support import add_customer, intents_of, pass_3d_secure, running_worker
 from tests.webhook_support import Hooks
 
 PERIOD = "2026-11"
@@ -50,19 +51,6 @@ async def bill_and_wait_for_action(
     return row
 
 
-async def authenticate(payment: PaymentRecord, outcome: str = "complete") -> None:
-    """The customer opens the URL the payment recorded and passes (or fails) 3-D Secure."""
-    intent = payment.stripe_payment_intent_id
-    assert payment.next_action_url is not None and intent is not None
-    async with aiohttp.ClientSession() as http:
-        async with http.get(payment.next_action_url) as page:
-            assert page.status == 200
-            assert intent in await page.text()
-        base = payment.next_action_url.split("/_sandbox/")[0]
-        async with http.post(f"{base}/_sandbox/payment_intents/{intent}/3ds/{outcome}") as done:
-            assert done.status == 200, await done.text()
-
-
 async def ended(env: WorkflowEnvironment, pool: asyncpg.Pool, payment_id: str) -> PaymentRecord:
     await env.client.get_workflow_handle(workflow_id(payment_id)).result()
     row = await Ledger(pool).payment(payment_id)
@@ -89,7 +77,7 @@ async def test_the_customer_authenticates_and_the_webhook_leads_to_one_capture(
         assert "action_required" in shown and payment.next_action_url in shown
 
         began = time.monotonic()
-        await authenticate(payment)
+        await pass_3d_secure(payment)
         row = await ended(hooks.env, hooks.pool, payment.id)
         # The webhook woke the workflow: it did not wait for its hourly read.
         assert time.monotonic() - began < 60
@@ -106,7 +94,7 @@ async def test_without_webhooks_the_deadline_read_finds_the_authentication(
     settings = with_window(settings, SHORT)
     async with running_worker(settings, temporal_env.client):
         payment = await bill_and_wait_for_action(temporal_env, pool, settings)
-        await authenticate(payment)
+        await pass_3d_secure(payment)
         row = await ended(temporal_env, pool, payment.id)
     assert row.status == PaymentStatus.SUCCEEDED
     assert statuses(sandbox, payment.id) == ["succeeded"]
@@ -132,7 +120,7 @@ async def test_a_failed_authentication_fails_the_payment(
     settings = with_window(settings, LONG)
     async with running_worker(settings, hooks.env.client), hooks.receiving():
         payment = await bill_and_wait_for_action(hooks.env, hooks.pool, settings)
-        await authenticate(payment, "fail")
+        await pass_3d_secure(payment, "fail")
         row = await ended(hooks.env, hooks.pool, payment.id)
     assert row.status == PaymentStatus.FAILED
     assert row.failure_code == "payment_intent_authentication_failure"
@@ -150,14 +138,14 @@ async def test_a_soft_decline_after_authentication_goes_to_dunning(
         payment = await bill_and_wait_for_action(
             hooks.env, hooks.pool, settings, NEEDS_3DS_THEN_SOFT_DECLINE
         )
-        await authenticate(payment)
+        await pass_3d_secure(payment)
         await wait_for_status(hooks.pool, payment.id, PaymentStatus.RETRYING)
         retried = await ledger.payment(payment.id)
         assert retried is not None and retried.failure_code == "insufficient_funds"
         await wait_for_status(hooks.pool, payment.id, PaymentStatus.ACTION_REQUIRED)
         again = await ledger.payment(payment.id)
         assert again is not None and again.generation == 2
-        await authenticate(again)
+        await pass_3d_secure(again)
         row = await ended(hooks.env, hooks.pool, payment.id)
     assert (row.status, row.failure_code) == (PaymentStatus.FAILED, "insufficient_funds")
     assert statuses(sandbox, payment.id) == ["requires_payment_method"] * 2
@@ -173,7 +161,7 @@ async def test_a_cancel_while_waiting_voids_the_intent(
         row = await ended(temporal_env, pool, payment.id)
         # Authenticating after the cancel charges nothing: the intent is gone.
         with pytest.raises(AssertionError):
-            await authenticate(payment)
+            await pass_3d_secure(payment)
     assert row.status == PaymentStatus.CANCELLED
     assert statuses(sandbox, payment.id) == ["canceled"]
 
@@ -200,3 +188,23 @@ def test_a_bad_setting_exits_2_with_one_line(
     assert exited.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert variable in line and says in line, line
+
+
+def test_an_intent_without_a_redirect_or_a_decline_code_reads_as_none() -> None:
+    """Stripe leaves out what an object lacks: a `use_stripe_sdk` next action has no URL (no
+    `return_url` was given), and a failed authentication's error has no decline code."""
+    intent = stripe.PaymentIntent.construct_from(
+        {
+            "id": "pi_1",
+            "object": "payment_intent",
+            "status": "requires_action",
+            "amount_capturable": 0,
+            "amount_received": 0,
+            "next_action": {"type": "use_stripe_sdk", "use_stripe_sdk": {}},
+            "last_payment_error": {"code": "payment_intent_authentication_failure"},
+        },
+        "sk_test_unused",
+    )
+    state = intent_state(intent)
+    assert (state.next_action_url, state.decline_code, state.error_message) == (None, None, None)
+    assert state.error_code == "payment_intent_authentication_failure"

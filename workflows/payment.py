@@ -580,6 +580,9 @@ class PaymentWorkflow:
         cancels the intent and fails the payment. A cancel voids the intent."""
         assert decline.intent_id is not None
         intent_id = decline.intent_id
+        # Counted before asking: an event that arrives from here on wakes the wait, even one
+        # that comes before the wait begins.
+        events_before = len(self._stripe_events)
         self._step = "request_authentication"
         state = await self._resending(
             lambda key, resend: workflow.execute_activity_method(
@@ -609,7 +612,7 @@ class PaymentWorkflow:
                 ),
                 PaymentStatus.ACTION_REQUIRED,
             )
-            waited = await self._await_authentication(intent_id)
+            waited = await self._await_authentication(intent_id, events_before)
             if waited is None:
                 return await self._cancel(intent_id=intent_id)
             state = waited
@@ -639,12 +642,14 @@ class PaymentWorkflow:
             failed.message, failed, type=ErrorType.CARD_DECLINED, non_retryable=True
         )
 
-    async def _await_authentication(self, intent_id: str) -> IntentState | None:
+    async def _await_authentication(self, intent_id: str, events_seen: int) -> IntentState | None:
         """Wait for the customer to authenticate: the intent as Stripe holds it once it no
-        longer waits or the window has passed, or None on a cancel."""
+        longer waits or the window has passed, or None on a cancel. A Stripe event beyond
+        the first `events_seen` ends a wait early; each read counts the events before it
+        starts, so that one arriving while the read is under way is not missed."""
         deadline = workflow.now() + self._input.policy.authentication_window
         while True:
-            woken = partial(self._woken_by, len(self._stripe_events))
+            woken = partial(self._woken_by, events_seen)
             wait = min(deadline - workflow.now(), AUTHENTICATION_CHECK_EVERY)
             self._step = "waiting_for_authentication"
             await self._wait_until(
@@ -656,6 +661,7 @@ class PaymentWorkflow:
             if self._cancel_requested:
                 return None
             self._step = "read_intent"
+            events_seen = len(self._stripe_events)
             state = await workflow.execute_activity_method(
                 StripeActivities.read_intent,
                 ReadIntentInput(intent_id=intent_id),

@@ -48,7 +48,14 @@ from tests.crash.harness import (
     wait_for_status,
     wait_for_task_after,
 )
-from tests.support import WorkerProcesses, add_customer, worker_env, worker_processes
+from tests.support import (
+    WorkerProcesses,
+    add_customer,
+    pass_3d_secure,
+    worker_env,
+    worker_processes,
+)
+from tests.webhook_support import Hooks
 from workflows.payment import STRIPE_TIMEOUT
 
 PERIOD = "2026-11"
@@ -708,4 +715,138 @@ async def test_sigkill_during_a_refund(case: RefundCase, scene: Scene, database_
     assert await payment_status(scene.pool, payment.id) == S.REFUNDED
     moves = [(e.from_status, e.to_status) for e in await scene.ledger.events(payment.id)]
     assert moves.count((S.SUCCEEDED, S.REFUNDED)) == 1
+    assert await scene.reconcile() == 0
+
+
+# ----- 3-D Secure ---------------------------------------------------------------------------
+
+NEEDS_3DS = "pm_card_authenticationRequired"
+
+
+@dataclass(frozen=True)
+class AuthenticationCase:
+    id: str
+    # WindowPoint: while the payment waits for the customer, who passes while no worker runs.
+    point: StripePoint | LedgerPoint | WindowPoint
+
+
+AUTHENTICATION_CASES = [
+    *(
+        AuthenticationCase(f"confirm-{when}", StripePoint("payment_intents.confirm", when))
+        for when in ("before", "after")
+    ),
+    *(
+        AuthenticationCase(f"{source}-{target}-{when}", LedgerPoint(source, target, when))
+        for source, target in ((S.PENDING, S.ACTION_REQUIRED), (S.ACTION_REQUIRED, S.AUTHORIZED))
+        for when in ("before", "after")
+    ),
+    AuthenticationCase("waiting-for-the-customer", WindowPoint()),
+]
+
+
+def asking_for_3d_secure(scene: Scene) -> None:
+    """Payments the scene bills wait an hour for the customer: longer than any test, so
+    only the webhook (or the customer's cancel) ends the wait."""
+    scene.settings = scene.settings.model_copy(update={"authentication_window": timedelta(hours=1)})
+
+
+async def customer_passes(scene: Scene, payment_id: str) -> None:
+    """Once the payment asks, its customer passes 3-D Secure through the recorded URL."""
+    await wait_for_status(scene.pool, payment_id, S.ACTION_REQUIRED)
+    record = await scene.ledger.payment(payment_id)
+    assert record is not None
+    await pass_3d_secure(record)
+
+
+@pytest.mark.parametrize("case", AUTHENTICATION_CASES, ids=[c.id for c in AUTHENTICATION_CASES])
+async def test_sigkill_during_3d_secure(
+    case: AuthenticationCase, scene: Scene, hooks: Hooks, database_url: str
+) -> None:
+    """Killed around the on-session confirm, around the ledger's moves into and out of
+    `action_required`, and while waiting for the customer: one PaymentIntent, captured once
+    after the customer passed, nothing left waiting or held."""
+    asking_for_3d_secure(scene)
+    await scene.customer(NEEDS_3DS)
+    trap = LedgerTrap(database_url)
+    scene.workers.start()
+    point = case.point
+    if isinstance(point, StripePoint):
+        scene.sandbox.add_hook(point.endpoint, point.when, scene.kill)
+        if point.when == "before":  # Stripe never executes this first request
+            scene.sandbox.add_fault(FaultRule("error_before", endpoint=point.endpoint, nth=1))
+    elif isinstance(point, LedgerPoint):
+        await trap.arm(point.source, point.target, point.when)
+    passed = False
+    try:
+        async with hooks.receiving():
+            payment = await scene.bill()
+            handle = scene.handle(payment.id)
+            if isinstance(point, LedgerPoint):
+                if point.source == S.ACTION_REQUIRED:  # moving out needs the customer first
+                    await customer_passes(scene, payment.id)
+                    passed = True
+                backend = await trap.wait_until_trapped()
+                scene.kill()
+                await asyncio.to_thread(scene.workers.started[-1].wait, 30)
+                await trap.release(backend)
+                reached = point.source if point.when == "before" else point.target
+                assert await payment_status(scene.pool, payment.id) == reached
+            elif isinstance(point, WindowPoint):
+                await wait_for_status(scene.pool, payment.id, S.ACTION_REQUIRED)
+                scene.kill()
+            await scene.dead()
+            if isinstance(point, WindowPoint):
+                await customer_passes(scene, payment.id)
+                passed = True
+            await scene.restart(handle)
+            if not passed:
+                await customer_passes(scene, payment.id)
+            result = await scene.result(handle)
+            await hooks.idle()
+    finally:
+        await trap.close()
+
+    assert result.status == S.SUCCEEDED, result
+    record = await scene.assert_ended(payment.id, S.SUCCEEDED, created=1, captured=1)
+    assert record.next_action_url is None
+    moves = [(e.from_status, e.to_status) for e in await scene.ledger.events(payment.id)]
+    assert moves.count((S.PENDING, S.ACTION_REQUIRED)) == 1
+    assert moves.count((S.ACTION_REQUIRED, S.AUTHORIZED)) == 1
+    assert await scene.reconcile() == 0
+
+
+async def test_terminate_while_waiting_for_3d_secure_then_bill_asks_with_the_same_intent(
+    scene: Scene, hooks: Hooks
+) -> None:
+    """Terminated while the customer has not authenticated yet, the payment is stranded
+    `action_required`. The run `bill` starts replays the declined authorization and the
+    on-session confirm under their keys, so it waits on the same PaymentIntent; once the
+    customer passes it captures that one, once."""
+    asking_for_3d_secure(scene)
+    await scene.customer(NEEDS_3DS)
+    scene.workers.start()
+    async with hooks.receiving():
+        payment = await scene.bill()
+        handle = scene.handle(payment.id)
+        await wait_for_status(scene.pool, payment.id, S.ACTION_REQUIRED)
+        first_run = (await handle.describe()).run_id
+        await handle.terminate(reason="an operator, from the Web UI")
+        assert await scene.reconcile() == 1  # stranded
+        await scene.bill()
+        resumed = scene.handle(payment.id)
+        assert (await resumed.describe()).run_id != first_run
+        for _ in range(HOLD_TIMEOUT_S * 10):  # asked again, before the customer passes
+            if await resumed.query("current_step") == "waiting_for_authentication":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the resumed run never waited for the customer")
+        await customer_passes(scene, payment.id)
+        result = await scene.result(resumed)
+        await hooks.idle()
+
+    assert result.status == S.SUCCEEDED
+    record = await scene.assert_ended(payment.id, S.SUCCEEDED, created=1, captured=1)
+    [intent] = scene.sandbox.payment_intents()
+    assert record.stripe_payment_intent_id == intent["id"]
     assert await scene.reconcile() == 0
