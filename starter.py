@@ -53,6 +53,7 @@ from billing.ledger import (
     open_pool,
 )
 from billing.ledger_refunds import RefundLedger, RefundRefused
+from billing.ledger_stripe_events import HandedTo, StripeEventLedger
 from billing.logs import configure_logging
 from billing.models import (
     BillingPolicy,
@@ -363,6 +364,13 @@ async def status(svc: Services, payment_id: str) -> None:
             f"({refund_workflow_id(payment.id, r.n)}, {r.created_at:%Y-%m-%d %H:%M:%S})",
             highlight=False,
         )
+    for e in await StripeEventLedger.sharing_pool_of(svc.ledger).events_of(payment.id):
+        handed = f"handed to {e.handed_to.value}" if e.handed_to else "not handed on yet"
+        if e.handed_to == HandedTo.IGNORED:
+            handed = "ignored (a type not handled)"
+        out.print(
+            f"stripe    {e.created:%Y-%m-%d %H:%M:%S} {e.type} {e.id} {handed}", highlight=False
+        )
 
 
 # `cancel` outcomes and their exit codes (documented in the README).
@@ -589,6 +597,8 @@ def print_reconciliation(result: Comparison) -> None:
     summary.add_row("refunded or disputed captures", str(len(result.refunds)))
     summary.add_row("refunds at Stripe compared with the ledger", str(len(result.refunds_compared)))
     summary.add_row("refunds being recorded", str(len(result.refunds_being_recorded)))
+    summary.add_row("refunds stranded", str(len(result.of_kind(Kind.REFUND_STRANDED))))
+    summary.add_row("open disputes (information)", str(len(result.open_disputes)))
     summary.add_row("stranded payments", str(len(result.of_kind(Kind.STRANDED))))
     summary.add_row("payments needing attention", str(len(result.of_kind(Kind.NEEDS_ATTENTION))))
     summary.add_row("findings", str(len(result.findings)))
@@ -781,7 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how long to wait for Stripe's answer (default {REFUND_TIMEOUT_S:g}); "
         "the refund goes on either way",
     )
-    status_cmd = commands.add_parser("status", help="show one payment, its history and refunds")
+    status_cmd = commands.add_parser(
+        "status", help="show one payment, its history, refunds and Stripe events"
+    )
     status_cmd.add_argument("payment_id")
     report_cmd = commands.add_parser("report", help="counts and amounts by status")
     report_cmd.add_argument("period", metavar="YYYY-MM")

@@ -326,6 +326,20 @@ async def payment_step(client: Client, payment_id: str) -> str | None:
         return None
 
 
+async def closed_state(client: Client, workflow_id: str) -> str | None:
+    """None while the workflow runs; else what became of its latest run (`terminated`,
+    `failed`, `completed`…), or `missing` when it was never started."""
+    try:
+        found = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return "missing"
+        raise
+    if found.status == WorkflowExecutionStatus.RUNNING:
+        return None
+    return found.status.name.lower() if found.status else "closed"
+
+
 async def payment_workflow_state(client: Client, payment_id: str) -> tuple[str, str | None]:
     """The workflow's id, its status's name (or "not started"), and its step if running."""
     handle = client.get_workflow_handle_for(PaymentWorkflow.run, workflow_id(payment_id))

@@ -10,6 +10,7 @@ of one event at once hand it on one after the other, and the second sees the fir
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from billing.ledger import APPEND_EVENT, Ledger, UnknownPayment
@@ -43,6 +44,10 @@ PAYMENT_STATUS_LOCKED = "SELECT status FROM payments WHERE id = $1::uuid FOR UPD
 
 MARK_HANDED = "UPDATE stripe_events SET handed_at = now(), handed_to = $2 WHERE id = $1"
 
+EVENTS_OF_PAYMENT = """
+SELECT id, type, created, received_at, handed_to FROM stripe_events
+WHERE payment_id = $1::uuid ORDER BY created, received_at, id"""
+
 STORED_EVENTS = """
 SELECT id, type, payment_id::text, intent_id, handed_to FROM stripe_events
 ORDER BY received_at, id"""
@@ -52,6 +57,17 @@ class HandedTo(StrEnum):
     WORKFLOW = "workflow"
     LEDGER = "ledger"
     IGNORED = "ignored"
+
+
+@dataclass(frozen=True)
+class PaymentStripeEvent:
+    """A stored Stripe event of one payment, as `status` shows it."""
+
+    id: str
+    type: str
+    created: datetime  # when it happened at Stripe
+    received_at: datetime
+    handed_to: HandedTo | None  # None: stored, not handed on yet
 
 
 @dataclass(frozen=True)
@@ -124,6 +140,19 @@ class StripeEventLedger(Ledger):
                 handed_to = HandedTo.LEDGER
             await conn.execute(MARK_HANDED, fact.event_id, handed_to.value)
         return handed_to
+
+    async def events_of(self, payment_id: str) -> list[PaymentStripeEvent]:
+        """The payment's stored events, in the order they happened at Stripe."""
+        return [
+            PaymentStripeEvent(
+                id=r["id"],
+                type=r["type"],
+                created=r["created"],
+                received_at=r["received_at"],
+                handed_to=None if r["handed_to"] is None else HandedTo(r["handed_to"]),
+            )
+            for r in await self._pool.fetch(EVENTS_OF_PAYMENT, payment_id)
+        ]
 
     async def stored_events(self) -> list[dict[str, str | None]]:
         """Every stored event (id, type, payment_id, intent_id, handed_to), oldest first."""

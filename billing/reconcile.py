@@ -4,7 +4,9 @@ It reads the period's payments, then each of their Stripe customers' PaymentInte
 customer and `created`, never searched, since search lags writes), then the workflow of each
 open payment. billing/reconcile_checks.py compares them per (Stripe customer, period). Then
 it lists the refunds of every capture with something refunded (or refunded in the ledger),
-and billing/reconcile_refunds.py compares them with the ledger's, one by one.
+and billing/reconcile_refunds.py compares them with the ledger's, one by one, with the
+workflow of each refund still `requested`. The disputes of disputed captures are listed too,
+and those still open counted, as information.
 
 `--fix` only cancels uncaptured authorizations that no open payment holds. It never captures,
 refunds or otherwise touches captured money, never restarts a workflow, and records each
@@ -17,12 +19,18 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 import stripe
-from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client
 
-from billing.constants import TERMINAL_STATUSES, resend_key, workflow_id
+from billing.constants import (
+    TERMINAL_STATUSES,
+    RefundStatus,
+    refund_workflow_id,
+    resend_key,
+    workflow_id,
+)
 from billing.ledger import BilledPayment, ReconcileLedger
 from billing.ledger_refunds import RefundLedger
+from billing.models import RefundRecord
 from billing.reconcile_checks import (
     Comparison,
     Finding,
@@ -40,10 +48,12 @@ from billing.stripe_client import (
     ReadBackFailed,
     cancel_and_read_back,
     list_customer_intents,
+    list_intent_disputes,
     list_intent_refunds,
     read_retried,
     stored_server_error,
 )
+from temporal_ops import closed_state
 
 __all__ = [
     "Comparison",
@@ -62,6 +72,10 @@ CONCURRENT_CUSTOMERS = 8
 CONCURRENT_DESCRIBES = 16
 VOID_ATTEMPTS = 6
 VOID_PAUSE_SECONDS = 0.5
+# Dispute statuses before the card network decides (Stripe's dispute object).
+OPEN_DISPUTE_STATUSES = frozenset(
+    {"needs_response", "under_review", "warning_needs_response", "warning_under_review"}
+)
 UUID_SHAPE = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 
@@ -86,7 +100,8 @@ async def reconcile(
     elsewhere = {pid: p for pid, p in known.items() if p.billing_period != period}
     closed = await closed_workflows(ledger, temporal, payments)
     result = compare(period, payments, intents, elsewhere, closed)
-    await compare_refunds(result, ledger, client, period, payments, intents)
+    await compare_refunds(result, ledger, client, temporal, period, payments, intents)
+    result.open_disputes = await open_disputes(client, intents, period)
     if fix:
         for orphan in result.orphans:
             result.fixes.append(await _fix_orphan(ledger, client, period, orphan))
@@ -97,6 +112,7 @@ async def compare_refunds(
     result: Comparison,
     ledger: ReconcileLedger,
     client: stripe.StripeClient,
+    temporal: Client,
     period: str,
     payments: Sequence[BilledPayment],
     intents: Sequence[IntentView],
@@ -118,7 +134,50 @@ async def compare_refunds(
         return [RefundView.of(r, customer_of_intent.get(intent_id)) for r in found]
 
     at_stripe = [r for found in await asyncio.gather(*map(refunds_of, listed)) for r in found]
-    check_refunds(result, at_stripe, in_ledger, {p.id: p.stripe_customer_id for p in payments})
+    stranded = await stranded_refunds(ledger, temporal, in_ledger)
+    customers = {p.id: p.stripe_customer_id for p in payments}
+    check_refunds(result, at_stripe, in_ledger, customers, stranded)
+
+
+async def stranded_refunds(
+    ledger: ReconcileLedger, temporal: Client, in_ledger: Sequence[RefundRecord]
+) -> dict[tuple[str, int], str]:
+    """Refunds `requested` whose workflow is not running, with what became of it (`missing`
+    when the CLI stopped between reserving the refund and starting its workflow,
+    `terminated`, `failed`…). Nothing will end such a refund until `refund` runs again."""
+    requested = [r for r in in_ledger if r.status == RefundStatus.REQUESTED]
+    slots = asyncio.Semaphore(CONCURRENT_DESCRIBES)
+
+    async def state(refund: RefundRecord) -> str | None:
+        async with slots:
+            return await closed_state(temporal, refund_workflow_id(refund.payment_id, refund.n))
+
+    states = await asyncio.gather(*map(state, requested))
+    refunds = RefundLedger.sharing_pool_of(ledger)
+    stranded = {}
+    for refund, workflow in zip(requested, states, strict=True):
+        if workflow is None:
+            continue
+        # Its workflow may have ended the refund after the ledger was read.
+        now = {r.n: r.status for r in await refunds.refunds(refund.payment_id)}
+        if now.get(refund.n) == RefundStatus.REQUESTED:
+            stranded[refund.payment_id, refund.n] = workflow
+    return stranded
+
+
+async def open_disputes(
+    client: stripe.StripeClient, intents: Sequence[IntentView], period: str
+) -> list[str]:
+    """The disputes not decided yet of the period's disputed captures (their ids)."""
+    disputed = [i.id for i in intents if i.disputed and belongs(i, period, {})]
+    slots = asyncio.Semaphore(CONCURRENT_CUSTOMERS)
+
+    async def disputes_of(intent_id: str) -> list[stripe.Dispute]:
+        async with slots:
+            return await list_intent_disputes(client, intent_id, read=read_retried)
+
+    found = await asyncio.gather(*map(disputes_of, disputed))
+    return [d.id for ds in found for d in ds if d.status in OPEN_DISPUTE_STATUSES]
 
 
 async def stripe_intents(
@@ -148,15 +207,7 @@ async def closed_workflows(
 
     async def state(payment: BilledPayment) -> str | None:
         async with slots:
-            try:
-                found = await temporal.get_workflow_handle(workflow_id(payment.id)).describe()
-            except RPCError as err:
-                if err.status == RPCStatusCode.NOT_FOUND:
-                    return "missing"
-                raise
-        if found.status == WorkflowExecutionStatus.RUNNING:
-            return None
-        return found.status.name.lower() if found.status else "closed"
+            return await closed_state(temporal, workflow_id(payment.id))
 
     states = await asyncio.gather(*(state(p) for p in open_payments))
     closed = {}

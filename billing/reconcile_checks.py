@@ -40,6 +40,8 @@ class Kind(StrEnum):
     REFUND_NOT_IN_LEDGER = "refund not in ledger"
     REFUND_NOT_AT_STRIPE = "refund not at Stripe"
     REFUND_AMOUNT = "refund amount mismatch"
+    REFUND_FAILED = "refund failed at Stripe"
+    REFUND_STRANDED = "refund stranded"
 
 
 # What a person does about each kind `--fix` leaves; `{period}` is filled in.
@@ -56,6 +58,9 @@ NEXT_STEP: Mapping[Kind, str] = {
     Kind.REFUND_NOT_IN_LEDGER: "find who refunded in Stripe, and record or explain it by hand",
     Kind.REFUND_NOT_AT_STRIPE: "check the refund in Stripe; the ledger says money went back",
     Kind.REFUND_AMOUNT: "compare the refund in Stripe with the ledger's and correct by hand",
+    Kind.REFUND_FAILED: "the customer got nothing back: give it back another way, and correct "
+    "the ledger's refund by hand",
+    Kind.REFUND_STRANDED: "run the `refund` command in the finding's detail again to resume it",
 }
 
 
@@ -178,6 +183,8 @@ class Comparison:
     # ledger row is still `requested` (their workflow records them).
     refunds_compared: list[str] = field(default_factory=list)
     refunds_being_recorded: list[str] = field(default_factory=list)
+    # Disputes of the period's captures not decided yet (Stripe's ids): information.
+    open_disputes: list[str] = field(default_factory=list)
     fixes: list[Fix] = field(default_factory=list)
 
     def of_kind(self, kind: Kind) -> list[Finding]:

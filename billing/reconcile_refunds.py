@@ -3,7 +3,8 @@ the ledger's `refunds` table, one refund at a time.
 
 Pure, like billing/reconcile_checks.py: billing/reconcile.py lists the refunds and hands them
 in. A refund Stripe made that the ledger lacks, a refund the ledger says succeeded that Stripe
-lacks, and a refund whose amounts differ are findings.
+lacks or failed, a refund whose amounts differ, and a refund left `requested` with no workflow
+running to end it are findings.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -11,8 +12,9 @@ from dataclasses import dataclass
 
 import stripe
 
-from billing.constants import RefundStatus
+from billing.constants import RefundStatus, refund_workflow_id
 from billing.models import RefundRecord
+from billing.money import format_amount
 from billing.reconcile_checks import Comparison, Finding, Kind
 
 # Stripe refunds that gave nothing back.
@@ -32,6 +34,7 @@ class RefundView:
     # What the refund workflow writes on its refunds: absent on a refund made elsewhere.
     payment_id: str | None = None
     n: int | None = None
+    failure_reason: str | None = None
 
     @classmethod
     def of(cls, refund: stripe.Refund, customer: str | None) -> "RefundView":
@@ -47,6 +50,7 @@ class RefundView:
             customer=customer,
             payment_id=metadata.get("payment_id"),
             n=int(n) if n and n.isdigit() else None,
+            failure_reason=refund.to_dict().get("failure_reason"),
         )
 
 
@@ -71,11 +75,16 @@ def check_refunds(
     at_stripe: Sequence[RefundView],
     in_ledger: Sequence[RefundRecord],
     customer_of_payment: Mapping[str, str],
+    stranded: Mapping[tuple[str, int], str] | None = None,
 ) -> None:
-    """Add the refund findings of the period to `result`."""
+    """Add the refund findings of the period to `result`. `stranded` maps each (payment id,
+    n) still `requested` whose workflow is not running to what became of it (`missing`,
+    `terminated`…)."""
+    stranded = stranded or {}
     by_stripe_id = {r.stripe_refund_id: r for r in in_ledger if r.stripe_refund_id}
     requested = {(r.payment_id, r.n): r for r in in_ledger if r.status == RefundStatus.REQUESTED}
     live = [r for r in at_stripe if r.status not in NOT_MADE]
+    not_made = {r.id: r for r in at_stripe if r.status in NOT_MADE}
     for refund in live:
         result.refunds_compared.append(refund.id)
         recorded = by_stripe_id.get(refund.id)
@@ -92,7 +101,8 @@ def check_refunds(
                     )
                 )
         elif (refund.payment_id, refund.n) in requested:
-            result.refunds_being_recorded.append(refund.id)
+            if (refund.payment_id, refund.n) not in stranded:  # else the finding below says it
+                result.refunds_being_recorded.append(refund.id)
         else:
             made_by = f"refund {refund.n} of payment {refund.payment_id}" if refund.n else "no one"
             result.findings.append(
@@ -109,9 +119,35 @@ def check_refunds(
             )
     at_stripe_ids = {r.id for r in live}
     for recorded in in_ledger:
-        if recorded.status == RefundStatus.SUCCEEDED and recorded.stripe_refund_id not in (
-            at_stripe_ids
-        ):
+        workflow = stranded.get((recorded.payment_id, recorded.n))
+        if recorded.status == RefundStatus.REQUESTED and workflow is not None:
+            made = _made_for(recorded, at_stripe)
+            result.findings.append(
+                _finding(
+                    Kind.REFUND_STRANDED,
+                    recorded,
+                    made.intent_id if made else None,
+                    stranded_detail(recorded, workflow, made),
+                    customer_of_payment,
+                )
+            )
+            continue
+        if recorded.status != RefundStatus.SUCCEEDED or recorded.stripe_refund_id in at_stripe_ids:
+            continue
+        failed = not_made.get(recorded.stripe_refund_id or "")
+        if failed is not None:
+            result.findings.append(
+                _finding(
+                    Kind.REFUND_FAILED,
+                    recorded,
+                    failed.intent_id,
+                    f"the ledger's refund {recorded.n} of {recorded.amount} {recorded.currency} "
+                    f"succeeded as {failed.id}; Stripe's refund is {failed.status} "
+                    f"({failed.failure_reason or 'no reason given'}), so nothing went back",
+                    customer_of_payment,
+                )
+            )
+        else:
             result.findings.append(
                 _finding(
                     Kind.REFUND_NOT_AT_STRIPE,
@@ -139,4 +175,30 @@ def _finding(
         detail,
         recorded.amount,
         recorded.currency,
+    )
+
+
+def _made_for(recorded: RefundRecord, at_stripe: Sequence[RefundView]) -> RefundView | None:
+    """The refund Stripe holds for a ledger refund (by its metadata), a live one first."""
+    made = [r for r in at_stripe if (r.payment_id, r.n) == (recorded.payment_id, recorded.n)]
+    return next((r for r in made if r.status not in NOT_MADE), made[0] if made else None)
+
+
+def resume_command(recorded: RefundRecord) -> str:
+    """The `refund` command that attaches to this requested refund and starts its workflow
+    again: the same amount and reason, which `RefundLedger.reserve` takes for the same ask."""
+    amount = format_amount(recorded.amount, recorded.currency).replace(",", "")  # as typed
+    return f"refund {recorded.payment_id} --amount {amount} --reason {recorded.reason.value}"
+
+
+def stranded_detail(recorded: RefundRecord, workflow: str, made: RefundView | None) -> str:
+    at_stripe = (
+        f"Stripe holds it as {made.id} ({made.status})"
+        if made
+        else f"Stripe holds no refund {recorded.n}"
+    )
+    return (
+        f"refund {recorded.n} of {recorded.amount} {recorded.currency} is requested, but "
+        f"workflow {refund_workflow_id(recorded.payment_id, recorded.n)} is {workflow}; "
+        f"{at_stripe}. Resume: `{resume_command(recorded)}`"
     )

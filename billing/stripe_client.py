@@ -1,6 +1,6 @@
 """The one home of Stripe call patterns: building the client, counting and timing each
-request, paging a customer's PaymentIntents and a PaymentIntent's refunds, bounded retries of
-reads, and a void read back when its answer is not plain.
+request, paging a customer's PaymentIntents and a PaymentIntent's refunds and disputes,
+bounded retries of reads, and a void read back when its answer is not plain.
 
 Reads take a `Reader`: `read_retried` in the CLI, which retries a bounded number of times, and
 `read_once` in an activity, where a read error must reach Temporal, which retries it.
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import stripe
 from opentelemetry.trace import SpanKind
-from stripe.params import PaymentIntentListParams, RefundListParams
+from stripe.params import DisputeListParams, PaymentIntentListParams, RefundListParams
 
 from billing import metrics
 from billing.settings import Settings
@@ -234,6 +234,21 @@ def redirect_url(intent: stripe.PaymentIntent) -> str | None:
     `redirect_to_url` next action (a confirm that names a `return_url` gets one)."""
     action = intent.next_action.to_dict() if intent.next_action else {}
     return (action.get("redirect_to_url") or {}).get("url")
+
+
+async def list_intent_disputes(
+    client: stripe.StripeClient, intent_id: str, *, read: Reader
+) -> list[stripe.Dispute]:
+    """Every dispute of a PaymentIntent, newest first, following every page; each page is one
+    read sent through `read`."""
+    found: list[stripe.Dispute] = []
+    params: DisputeListParams = {"payment_intent": intent_id, "limit": LIST_PAGE}
+    while True:
+        page = await read(lambda: client.v1.disputes.list_async(params))
+        found += page.data
+        if not page.has_more or not page.data:
+            return found
+        params["starting_after"] = page.data[-1].id
 
 
 class ReadBackFailed(Exception):

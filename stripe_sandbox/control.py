@@ -10,6 +10,8 @@ POST   /_sandbox/clock/advance       {"seconds": N} (or days/hours/minutes) -> {
 GET    /_sandbox/payment_intents     every PaymentIntent
 GET    /_sandbox/disputes            every Dispute
 POST   /_sandbox/disputes/{id}/close {"outcome": "won" | "lost"} -> the Dispute
+POST   /_sandbox/refunds/{id}/fail   {"failure_reason": ...} (default expired_or_canceled_card)
+                                     -> the Refund, now `failed`
 POST   /_sandbox/config              {"latency_ms", "jitter_ms", "rate_limits",
                                       "search_lag_seconds"} (any subset)
 POST   /_sandbox/reset               forget all objects, keys and counters
@@ -100,6 +102,13 @@ class ControlApi:
             dispute_id = path.removeprefix("/_sandbox/disputes/").removesuffix("/close")
             try:
                 return _json(sandbox.close_dispute(dispute_id, str(body.get("outcome"))))
+            except LookupError as missing:
+                return _problem(str(missing), 404)
+        if method == "POST" and path.startswith("/_sandbox/refunds/") and path.endswith("/fail"):
+            refund_id = path.removeprefix("/_sandbox/refunds/").removesuffix("/fail")
+            reason = str(body.get("failure_reason", "expired_or_canceled_card"))
+            try:
+                return _json(sandbox.fail_refund(refund_id, reason))
             except LookupError as missing:
                 return _problem(str(missing), 404)
         if (method, path) == ("POST", "/_sandbox/config"):

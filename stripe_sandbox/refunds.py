@@ -1,8 +1,12 @@
-"""Refunds: create, retrieve, update (metadata) and list.
+"""Refunds: create, retrieve, update (metadata) and list, and a refund failing later.
 
 Follows https://stripe.com/docs/api/refunds and https://stripe.com/docs/refunds: a refund
 takes back part or all of a captured charge, named directly or through its PaymentIntent;
-by default what remains unrefunded. Card refunds succeed at once in test mode.
+by default what remains unrefunded. Card refunds succeed at once in test mode. The card's
+issuer may still send one back later (a closed or lost card): the refund turns `failed` with
+a `failure_reason` and a `failure_balance_transaction`, the money returns to the charge, and
+Stripe emits `charge.refund.updated`, `refund.updated` and `refund.failed`. Here the control
+API (`fail`) plays the issuer.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ _CREATE_PARAMS = {
     "reverse_transfer",
 }
 REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+# Stripe's `failure_reason` values for a card refund.
+FAILURE_REASONS = ("expired_or_canceled_card", "lost_or_stolen_card", "unknown")
 
 
 def _dollars(amount: int) -> str:
@@ -179,3 +185,26 @@ def update(state: AccountState, refund_id: str, params: Params) -> Json:
 def list_refunds(state: AccountState, _: str, params: Params) -> Json:
     oldest_first = list(state.refunds.values())
     return list_of_charges(oldest_first, params, url="/v1/refunds", kind="refund")
+
+
+def fail(state: AccountState, refund_id: str, failure_reason: str) -> Json:
+    """The card's issuer sends a succeeded (or pending) refund back: it ends `failed` and its
+    amount is refundable again on the charge. LookupError if there is no such refund,
+    ValueError if it has ended already or the reason is not one of Stripe's."""
+    if failure_reason not in FAILURE_REASONS:
+        raise ValueError(f"failure_reason must be one of {FAILURE_REASONS}, not {failure_reason!r}")
+    refund = state.refunds.get(refund_id)
+    if refund is None:
+        raise LookupError(f"no refund {refund_id}")
+    if refund["status"] not in ("succeeded", "pending"):
+        raise ValueError(f"refund {refund_id} is {refund['status']}; it cannot fail")
+    refund["status"] = "failed"
+    refund["failure_reason"] = failure_reason
+    refund["failure_balance_transaction"] = state.new_id("txn")
+    charge = get_charge(state, refund["charge"])
+    charge["amount_refunded"] -= refund["amount"]
+    charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
+    events.record(state, "charge.refund.updated", refund)
+    events.record(state, "refund.updated", refund)
+    events.record(state, "refund.failed", refund)
+    return refund

@@ -26,6 +26,7 @@ from .faults import FaultBook, FaultRule, HookCallback, HookWhen, RequestInfo
 from .form import Params, decode, parse_pairs
 from .idempotency import IdempotencyStore, fingerprint
 from .ratelimit import RateLimiter
+from .refunds import fail as fail_refund
 from .store import AccountState, Json
 from .webhooks import WebhookDispatcher, WebhookSettings
 
@@ -273,6 +274,11 @@ class Sandbox:
         """The card network decides an open dispute: `outcome` is "won" or "lost"
         (ValueError if the dispute is closed already, LookupError if there is none)."""
         return copy.deepcopy(close_dispute(self._state, dispute_id, outcome))
+
+    def fail_refund(self, refund_id: str, failure_reason: str = "expired_or_canceled_card") -> Json:
+        """The card's issuer sends a refund back: it turns `failed` with `failure_reason`, as
+        refunds.fail says (LookupError if there is none, ValueError if it cannot fail)."""
+        return copy.deepcopy(fail_refund(self._state, refund_id, failure_reason))
 
     def happened(self) -> list[tuple[str, str]]:
         """(event type, object id) of every Event, oldest first."""

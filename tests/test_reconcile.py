@@ -1,5 +1,6 @@
 """`starter.py reconcile`: per (Stripe customer, period), from Stripe's side; stranded and
-needs-attention payments; exit codes; and what `--fix` does and leaves for a person."""
+needs-attention payments; refunds compared one by one, stranded refunds and open disputes;
+exit codes; and what `--fix` does and leaves for a person."""
 
 import asyncio
 import uuid
@@ -12,13 +13,16 @@ from temporalio.testing import WorkflowEnvironment
 
 from billing.constants import (
     PaymentStatus,
+    RefundReason,
     RefundStatus,
+    refund_workflow_id,
     starting_search_attributes,
     workflow_id,
 )
 from billing.demo import seed_demo_customers
 from billing.ledger import BilledPayment, Ledger, ReconcileLedger
-from billing.models import BillingPolicy, RefundRecord
+from billing.ledger_refunds import RefundLedger
+from billing.models import BillingPolicy, RefundInput, RefundRecord
 from billing.reconcile import IntentView, Kind, VoidOutcome, compare, reconcile
 from billing.reconcile_checks import Comparison, charge_refund
 from billing.reconcile_refunds import RefundView, check_refunds
@@ -35,7 +39,7 @@ from billing.stripe_client import (
 )
 from starter import execute
 from stripe_sandbox import FaultRule, Sandbox
-from temporal_ops import payment_input
+from temporal_ops import payment_input, start_refund
 from tests.support import add_customer, running_worker
 from workflows.payment import PaymentWorkflow
 
@@ -764,3 +768,163 @@ async def test_a_refund_made_at_stripe_behind_the_ledgers_back_is_found(
     assert await execute(["reconcile", PERIOD], settings, temporal_env.client) == 1
     output = capsys.readouterr().out
     assert "refund not in ledger: find who refunded in Stripe" in output
+
+
+def test_a_stranded_refund_and_one_the_issuer_sent_back_are_findings() -> None:
+    """Refund 1 of `paid` is requested and its workflow is gone: stranded, even though Stripe
+    made it. Refund 2 succeeded in the ledger and failed at Stripe later. `running`'s
+    requested refund has a workflow: being recorded, no finding."""
+    paid = record(PaymentStatus.PARTIALLY_REFUNDED, amount_received=150000)
+    running = record(PaymentStatus.SUCCEEDED, amount_received=1000)
+    at_stripe = [
+        RefundView("re_made", "pi_1", 300, "usd", "succeeded", "cus_1", paid.id, 1),
+        RefundView("re_back", "pi_1", 200, "usd", "failed", "cus_1", paid.id, 2, "unknown"),
+        RefundView("re_running", "pi_2", 100, "usd", "succeeded", "cus_1", running.id, 1),
+    ]
+    in_ledger = [
+        ledger_refund(paid.id, 1, 123456, RefundStatus.REQUESTED),
+        ledger_refund(paid.id, 2, 200, RefundStatus.SUCCEEDED, stripe_refund_id="re_back"),
+        ledger_refund(running.id, 1, 100, RefundStatus.REQUESTED),
+    ]
+    result = Comparison(period=PERIOD)
+    customers = {paid.id: "cus_1", running.id: "cus_1"}
+    check_refunds(result, at_stripe, in_ledger, customers, {(paid.id, 1): "missing"})
+    assert [(f.kind, f.payment_id, f.intent_id, f.amount) for f in result.findings] == [
+        (Kind.REFUND_STRANDED, paid.id, "pi_1", 123456),
+        (Kind.REFUND_FAILED, paid.id, "pi_1", 200),
+    ]
+    stranded, failed = result.findings
+    assert stranded.detail == (
+        f"refund 1 of 123456 usd is requested, but workflow refund-{paid.id}-1 is missing; "
+        f"Stripe holds it as re_made (succeeded). Resume: "
+        f"`refund {paid.id} --amount 1234.56 --reason requested_by_customer`"
+    )
+    assert "re_back" in failed.detail and "failed (unknown)" in failed.detail
+    assert result.refunds_being_recorded == ["re_running"]
+    assert result.left_for_a_person == [
+        "refund stranded: run the `refund` command in the finding's detail again to resume it",
+        "refund failed at Stripe: the customer got nothing back: give it back another way, "
+        "and correct the ledger's refund by hand",
+    ]
+
+
+async def settled(pool: asyncpg.Pool, settings: Settings, cards: list[str]) -> list[BilledPayment]:
+    """One customer per card, each paying 1000 usd, captured and `succeeded` in the ledger
+    without a workflow (none is needed for a final payment)."""
+    ledger = Ledger(pool)
+    for card in cards:
+        await add_customer(ledger, make_stripe_client(settings), card, amount=1000)
+    await ledger.create_period_payments(PERIOD)
+    payments = await ReconcileLedger(pool).billed_payments(PERIOD)
+    for payment in payments:
+        customer, method = await a_customer(pool, payment.id)
+        await settle(
+            pool, payment, await make_intent(settings, customer, method, metadata_of(payment), 1000)
+        )
+    return await ReconcileLedger(pool).billed_payments(PERIOD)
+
+
+async def test_a_refund_left_requested_without_its_workflow_is_stranded_until_resumed(
+    temporal_env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    sandbox: Sandbox,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`killed`: the CLI stopped between reserving refund 1 and starting its workflow.
+    `terminated`: its refund workflow runs (nothing polls its queue), then is terminated. A
+    running refund is no finding; each stranded one is, until the command its finding names
+    resumes it."""
+    killed, terminated = await settled(pool, settings, ["pm_card_visa", "pm_card_visa"])
+    client = temporal_env.client
+    refunds = RefundLedger(pool)
+    await refunds.reserve(killed.id, 300, RefundReason.REQUESTED_BY_CUSTOMER)
+    reserved = await refunds.reserve(terminated.id, None, RefundReason.DUPLICATE)
+    await start_refund(
+        client,
+        RefundInput(
+            payment_id=terminated.id,
+            n=1,
+            amount=reserved.refund.amount,
+            currency="usd",
+            reason=RefundReason.DUPLICATE,
+            intent_id=reserved.intent_id,
+            billing_period=PERIOD,
+            customer_id=terminated.customer_id,
+        ),
+        f"nobody-polls-{uuid.uuid4().hex[:8]}",
+        PaymentStatus.SUCCEEDED,
+    )
+    resume_killed = f"refund {killed.id} --amount 3.00 --reason requested_by_customer"
+    resume_terminated = f"refund {terminated.id} --amount 10.00 --reason duplicate"
+
+    result = await reconcile(ReconcileLedger(pool), make_stripe_client(settings), client, PERIOD)
+    assert [(f.kind, f.payment_id) for f in result.findings] == [(Kind.REFUND_STRANDED, killed.id)]
+    assert f"refund-{killed.id}-1 is missing; Stripe holds no refund 1" in result.findings[0].detail
+    assert f"`{resume_killed}`" in result.findings[0].detail
+
+    await client.get_workflow_handle(refund_workflow_id(terminated.id, 1)).terminate("by hand")
+    capsys.readouterr()
+    assert await execute(["reconcile", PERIOD], settings, client) == 1
+    output = capsys.readouterr().out
+    assert f"refund-{terminated.id}-1 is terminated" in output and resume_terminated in output
+    assert "refund stranded: run the `refund` command in the finding's detail again" in output
+
+    async with running_worker(settings, client):
+        for command in (resume_killed, resume_terminated):
+            assert await execute(command.split(), settings, client) == 0
+            assert "was already in flight: following refund-" in capsys.readouterr().out
+    assert sorted(r["amount"] for r in sandbox.refunds()) == [300, 1000]
+    for payment in (killed, terminated):
+        [row] = await refunds.refunds(payment.id)
+        assert row.status == RefundStatus.SUCCEEDED
+    assert await execute(["reconcile", PERIOD], settings, client) == 0
+
+
+async def test_a_refund_the_issuer_sent_back_after_it_was_recorded_is_found(
+    temporal_env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    sandbox: Sandbox,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    [payment] = await settled(pool, settings, ["pm_card_visa"])
+    async with running_worker(settings, temporal_env.client):
+        refund = ["refund", payment.id, "--amount", "4.00"]
+        assert await execute(refund, settings, temporal_env.client) == 0
+    [row] = await RefundLedger(pool).refunds(payment.id)
+    assert row.status == RefundStatus.SUCCEEDED and row.stripe_refund_id is not None
+    sandbox.fail_refund(row.stripe_refund_id, "lost_or_stolen_card")
+
+    result = await reconcile(
+        ReconcileLedger(pool), make_stripe_client(settings), temporal_env.client, PERIOD
+    )
+    assert [(f.kind, f.payment_id, f.intent_id, f.amount) for f in result.findings] == [
+        (Kind.REFUND_FAILED, payment.id, payment.stripe_payment_intent_id, 400)
+    ]
+    assert "failed (lost_or_stolen_card)" in result.findings[0].detail
+    capsys.readouterr()
+    assert await execute(["reconcile", PERIOD], settings, temporal_env.client) == 1
+    assert "refund failed at Stripe: the customer got nothing back" in capsys.readouterr().out
+
+
+async def test_open_disputes_are_counted_as_information(
+    temporal_env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    sandbox: Sandbox,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two captures disputed at once (the sandbox's dispute card); one dispute is won. The
+    other is still open: counted, and no finding."""
+    await settled(pool, settings, ["pm_card_createDispute", "pm_card_createDispute"])
+    won, still_open = sandbox.disputes()
+    sandbox.close_dispute(won["id"], "won")
+    result = await reconcile(
+        ReconcileLedger(pool), make_stripe_client(settings), temporal_env.client, PERIOD
+    )
+    assert result.open_disputes == [still_open["id"]]
+    assert result.clean and len(result.refunds) == 2  # both charges show `disputed`
+    capsys.readouterr()
+    assert await execute(["reconcile", PERIOD], settings, temporal_env.client) == 0
+    assert "│ open disputes (information)" in capsys.readouterr().out

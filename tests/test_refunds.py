@@ -1,6 +1,6 @@
 """`starter.py refund` against the real worker, dev server, PostgreSQL and the sandbox: full
 and partial refunds, what is refused with nothing written, a repeated command, Stripe's
-refusal, faults on the refund call, and `status`."""
+refusal, a refund the issuer sent back, faults on the refund call, and `status`."""
 
 from typing import Any
 
@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from activities.stripe_activities import refund_metadata
 from billing.constants import PaymentStatus, RefundStatus, refund_key, refund_workflow_id
 from billing.ledger import Ledger
 from billing.ledger_refunds import RefundLedger
@@ -19,7 +20,7 @@ from stripe_sandbox import FaultRule, Sandbox
 from stripe_sandbox.faults import FaultKind
 from temporal_ops import start_refund
 from tests.support import running_worker
-from tests.test_lifecycle_integration import bill_one
+from tests.test_lifecycle_integration import PERIOD, bill_one
 
 S = PaymentStatus
 CAPTURED = 2500  # tests.support.add_customer's amount: 25.00 USD
@@ -309,3 +310,47 @@ async def test_a_completed_refund_run_is_never_run_again(
         row.stripe_refund_id,
     )
     assert len(stripe_refunds(sandbox, payment)) == 1
+
+
+async def test_a_refund_found_failed_at_stripe_is_recorded_as_a_refusal(
+    temporal_env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    sandbox: Sandbox,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Refund 1's first attempt reached Stripe and its worker died; before the retry, the
+    card's issuer sent the refund back. The retry lists it, failed: refund 1 ends `failed`
+    with Stripe's `failure_reason`, nothing is sent again, the payment keeps its money
+    recorded, and reconcile agrees. Refund 2 then gives it back."""
+    payment = await bill_one(temporal_env, pool, sandbox, settings)
+    assert payment.stripe_payment_intent_id is not None
+    waiting = ["--timeout", "0.5"]
+    assert await refund(temporal_env, settings, payment.id, *waiting) == EXIT_REFUND_IN_FLIGHT
+    made = await make_stripe_client(settings).v1.refunds.create_async(
+        {
+            "payment_intent": payment.stripe_payment_intent_id,
+            "amount": CAPTURED,
+            "reason": "requested_by_customer",
+            "metadata": refund_metadata(payment.id, 1),
+        },
+        {"idempotency_key": refund_key(payment.id, 1)},
+    )
+    sandbox.fail_refund(made.id, "expired_or_canceled_card")
+    capsys.readouterr()
+
+    assert await refund_with_worker(temporal_env, settings, payment.id) == EXIT_REFUND_FAILED
+    assert "refund 1 failed: expired_or_canceled_card" in capsys.readouterr().out
+    [row] = await RefundLedger(pool).refunds(payment.id)
+    assert (row.status, row.failure_code) == (RefundStatus.FAILED, "expired_or_canceled_card")
+    assert made.id in (row.failure_message or "")
+    after = await Ledger(pool).payment(payment.id)
+    assert after is not None and after.status == S.SUCCEEDED
+    assert [r["id"] for r in sandbox.refunds()] == [made.id]
+    assert await execute(["reconcile", PERIOD], settings, temporal_env.client) == 0
+
+    assert await refund_with_worker(temporal_env, settings, payment.id) == 0
+    after = await Ledger(pool).payment(payment.id)
+    assert after is not None and after.status == S.REFUNDED
+    assert sorted(stripe_refunds(sandbox, payment)) == [(CAPTURED, "1"), (CAPTURED, "2")]
+    assert await execute(["reconcile", PERIOD], settings, temporal_env.client) == 0

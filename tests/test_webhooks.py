@@ -21,7 +21,7 @@ from billing.ledger_stripe_events import StripeEventLedger
 from billing.models import PaymentRecord
 from billing.settings import Settings
 from billing.stripe_client import make_stripe_client
-from billing.stripe_event_facts import HANDLED_TYPES
+from billing.stripe_event_facts import HANDLED_TYPES, StripeEventEnvelope
 from billing.webhooks import main
 from starter import execute
 from stripe_sandbox import Sandbox
@@ -359,3 +359,36 @@ async def test_a_fact_on_a_retrying_row_is_no_dunning_attempt(
     [fact] = await ledger_facts(hooks.pool, payment.id)
     assert fact["status_then"] == PaymentStatus.RETRYING
     assert (await ledger.payment_state(payment.id)).dunning_attempts == 1
+
+
+async def test_status_lists_the_payments_stripe_events(
+    hooks: Hooks, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A payment disputed at once, the dispute then won: `status` shows each event stored for
+    it, in the order Stripe made them, with where it went; one stored and not handed on yet
+    (a receiver that died in between) says so."""
+    async with running_worker(settings, hooks.env.client), hooks.receiving():
+        payment, _ = await start_payment(hooks, settings, "pm_card_createDispute", "--wait")
+        await workflow_closed(hooks, payment.id)
+        [dispute] = hooks.sandbox.disputes()
+        hooks.sandbox.close_dispute(dispute["id"], "won")
+        await hooks.idle()
+    body = event_body(
+        "charge.dispute.closed",
+        {"object": "dispute", "id": "dp_late", "payment_intent": payment.stripe_payment_intent_id},
+    )
+    events = StripeEventLedger(hooks.pool)
+    stored = await events.store(StripeEventEnvelope.model_validate_json(body), body, payment.id)
+    assert stored.new and stored.handed_to is None
+    capsys.readouterr()
+    assert await execute(["status", payment.id], settings, hooks.env.client) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("stripe    ")]
+    of_payment = await events.events_of(payment.id)
+    assert [line.split()[4] for line in lines] == [e.id for e in of_payment]
+    assert len(of_payment) >= 5  # charge.succeeded, the intent's, the dispute's two, the late one
+    [late] = [line for line in lines if json.loads(body)["id"] in line]
+    assert late.endswith("charge.dispute.closed " + json.loads(body)["id"] + " not handed on yet")
+    shown = {line.split()[3]: line for line in lines if line != late}
+    assert shown["charge.dispute.closed"].endswith("handed to ledger")
+    assert shown["charge.dispute.created"].endswith(("handed to workflow", "handed to ledger"))
+    assert shown["charge.succeeded"].endswith("ignored (a type not handled)")

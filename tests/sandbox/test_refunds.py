@@ -1,14 +1,17 @@
-"""/v1/refunds through the SDK: create, retrieve, update, list, and what a refund does to its
-charge."""
+"""/v1/refunds through the SDK: create, retrieve, update, list, what a refund does to its
+charge, and a refund failing later."""
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 import stripe
 
 from stripe_sandbox import FaultRule, Sandbox
 
+from .conftest import auth
 from .helpers import authorize_params, authorized_intent
+from .test_contract import assert_conforms
 
 
 async def _paid_intent(client: stripe.StripeClient, amount: int = 2000) -> stripe.PaymentIntent:
@@ -147,3 +150,42 @@ async def test_refund_endpoints_take_faults(sandbox: Sandbox, client: stripe.Str
     refund = await client.v1.refunds.create_async({"payment_intent": intent.id})
     assert refund.amount == 2000
     assert sandbox.stats()["by_endpoint"]["refunds.create"] == 2
+
+
+async def test_a_refund_the_issuer_sends_back_fails_as_stripes_do(
+    sandbox: Sandbox, client: stripe.StripeClient, http: aiohttp.ClientSession
+) -> None:
+    """`POST /_sandbox/refunds/{id}/fail`: the refund turns `failed` with Stripe's fields, its
+    money is refundable again, and Stripe's three events follow; only once."""
+    intent = await _paid_intent(client)
+    refund = await client.v1.refunds.create_async({"payment_intent": intent.id, "amount": 700})
+    fail = f"{sandbox.url}/_sandbox/refunds/{refund.id}/fail"
+    async with http.post(fail, json={"failure_reason": "card_on_fire"}) as response:
+        assert response.status == 400
+    async with http.post(fail, json={}) as response:
+        assert response.status == 200
+        failed = await response.json()
+    assert (failed["status"], failed["failure_reason"]) == ("failed", "expired_or_canceled_card")
+    assert failed["failure_balance_transaction"].startswith("txn_")
+    async with http.get(f"{sandbox.url}/v1/refunds/{refund.id}", headers=auth()) as response:
+        assert_conforms("refund", await response.json())
+    fetched = await client.v1.refunds.retrieve_async(refund.id)
+    assert (fetched.status, fetched.failure_reason) == ("failed", "expired_or_canceled_card")
+    assert isinstance(intent.latest_charge, str)
+    charge = await client.v1.charges.retrieve_async(intent.latest_charge)
+    assert (charge.amount_refunded, charge.refunded) == (0, False)
+    assert charge.refunds is not None and charge.refunds.data[0].status == "failed"
+    assert sandbox.happened()[-3:] == [
+        ("charge.refund.updated", refund.id),
+        ("refund.updated", refund.id),
+        ("refund.failed", refund.id),
+    ]
+    async with http.post(fail, json={}) as response:
+        assert response.status == 400  # failed already
+    async with http.post(f"{sandbox.url}/_sandbox/refunds/re_nope/fail", json={}) as response:
+        assert response.status == 404
+    again = await client.v1.refunds.create_async({"payment_intent": intent.id})
+    assert again.amount == 2000  # what the failed refund held is refundable again
+    assert sandbox.fail_refund(again.id, "lost_or_stolen_card")["failure_reason"] == (
+        "lost_or_stolen_card"
+    )
