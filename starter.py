@@ -8,13 +8,14 @@ import asyncio
 import json
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
+import aiohttp
 import asyncpg
 import stripe
 from pydantic import ValidationError
@@ -42,7 +43,16 @@ from billing.constants import (
     workflow_id,
 )
 from billing.customers_csv import InvalidCsv, read_customers
-from billing.demo import DEMO_DUNNING, DEMO_RUN_IDLE, DEMO_WAIT, next_retry, seed_demo_customers
+from billing.demo import (
+    DEMO_DUNNING,
+    DEMO_RUN_IDLE,
+    DEMO_WAIT,
+    PAGE_TIMEOUT,
+    AuthenticatingCustomers,
+    next_retry,
+    seed_demo_customers,
+    went_through_3ds,
+)
 from billing.durations import InvalidDuration, check_capture_delay, parse_duration
 from billing.ledger import (
     CustomerConflict,
@@ -633,7 +643,9 @@ def web_ui_url(settings: Settings, namespace: str, period: str) -> str:
 
 async def demo(svc: Services) -> None:
     """Seed, bill this month with the demo's short dunning schedule, wait at most DEMO_WAIT,
-    then report, and say when each payment still in dunning tries again."""
+    then report, and say when each payment still in dunning tries again. Meanwhile, on the
+    embedded sandbox, the customers asked for 3-D Secure pass it (the webhook then wakes their
+    payments); on Stripe, their URLs are shown for a person to open."""
     period = current_period()
     customers = await seed_demo_customers(svc.ledger, make_stripe_client(svc.settings))
     out.print(f"seeded {len(customers)} demo customers")
@@ -644,15 +656,24 @@ async def demo(svc: Services) -> None:
     )
     policy = svc.settings.billing_policy().model_copy(update={"dunning_schedule": DEMO_DUNNING})
     await bill(svc, period, wait=False, policy=policy, idle_interval=DEMO_RUN_IDLE)
-    still_open = await wait_until_ended(svc, period, DEMO_WAIT)
+    async with aiohttp.ClientSession(timeout=PAGE_TIMEOUT) as http:
+        authenticating = AuthenticatingCustomers(http, play=svc.settings.stripe_api_key is None)
+
+        async def visit(still_open: list[PaymentRecord]) -> None:
+            for line in await authenticating.visit(still_open):
+                out.print(line, highlight=False)
+
+        still_open = await wait_until_ended(svc, period, DEMO_WAIT, visit)
     await report(svc, period, as_json=False)
-    failures = Counter(
-        p.failure_code for p in await svc.ledger.period_payments(period) if p.failure_code
-    )
+    payments = await svc.ledger.period_payments(period)
+    failures = Counter(p.failure_code for p in payments if p.failure_code)
     for code, count in sorted(failures.items()):
         out.print(f"{count} payments failed with {code}")
+    events = {p.id: await svc.ledger.events(p.id) for p in payments}
+    through_3ds = sum(went_through_3ds(e) for e in events.values())
+    out.print(f"{through_3ds} payments went through 3-D Secure")
     for payment in still_open:
-        when = next_retry(await svc.ledger.events(payment.id), DEMO_DUNNING)
+        when = next_retry(events[payment.id], DEMO_DUNNING)
         retry = f"retries at {when:%H:%M:%S} UTC" if when else f"is {payment.status.value}"
         out.print(
             f"payment {payment.id} {retry}; follow it with `python starter.py status {payment.id}`"
@@ -661,9 +682,14 @@ async def demo(svc: Services) -> None:
     out.print(f"Web UI: {web_ui_url(svc.settings, namespace, period)}")
 
 
-async def wait_until_ended(svc: Services, period: str, at_most: timedelta) -> list[PaymentRecord]:
+async def wait_until_ended(
+    svc: Services,
+    period: str,
+    at_most: timedelta,
+    on_poll: Callable[[list[PaymentRecord]], Awaitable[None]] | None = None,
+) -> list[PaymentRecord]:
     """Poll the ledger until every payment of the period has ended, or `at_most` passed;
-    returns those still open."""
+    returns those still open. `on_poll` sees the open ones at each poll."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + at_most.total_seconds()
     with progress_bar() as progress:
@@ -674,6 +700,8 @@ async def wait_until_ended(svc: Services, period: str, at_most: timedelta) -> li
             progress.update(task, total=len(payments), completed=len(payments) - len(still_open))
             if not still_open or loop.time() >= deadline:
                 return still_open
+            if on_poll is not None:
+                await on_poll(still_open)
             await asyncio.sleep(0.5)
 
 

@@ -1,24 +1,33 @@
-"""Demo customers: seeded into Stripe (or the sandbox) and Postgres; safe to repeat."""
+"""Demo customers: seeded into Stripe (or the sandbox) and Postgres; safe to repeat. Those
+whose bank asks for 3-D Secure pass it at the sandbox's page (`AuthenticatingCustomers`)."""
 
 import asyncio
+import html
+import re
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar
+from urllib.parse import urljoin
 
+import aiohttp
 import stripe
 
 from billing.constants import PaymentStatus
 from billing.ledger import Ledger
-from billing.models import NewCustomer, PaymentEvent
+from billing.models import NewCustomer, PaymentEvent, PaymentRecord
 from billing.stripe_client import read_retried
 
 DEMO_CUSTOMERS = 50
 
-# Most cards pay; a few decline in each of the ways the workflow must handle.
+# A card whose bank asks the customer to authenticate (3-D Secure) before it pays.
+NEEDS_3DS = "pm_card_authenticationRequired"
+# Most cards pay; a few decline in each of the ways the workflow must handle, and one in
+# eleven needs 3-D Secure (customers 10, 21, 32 and 43 of the 50).
 DEMO_CARDS = (
     ["pm_card_visa"] * 6
     + ["pm_card_mastercard"] * 2
-    + ["pm_card_chargeDeclined", "pm_card_chargeDeclinedInsufficientFunds"]
+    + ["pm_card_chargeDeclined", "pm_card_chargeDeclinedInsufficientFunds", NEEDS_3DS]
 )
 DEMO_CURRENCIES = ("usd", "eur")
 # The demo's own dunning schedule, short enough to show a soft decline retried and then failed
@@ -121,3 +130,71 @@ def next_retry(events: Sequence[PaymentEvent], schedule: Sequence[timedelta]) ->
     if len(declines) > len(schedule):
         return None
     return declines[0].occurred_at + schedule[len(declines) - 1]
+
+
+def went_through_3ds(events: Sequence[PaymentEvent]) -> bool:
+    """The payment waited for its customer to pass 3-D Secure at some point."""
+    return any(e.to_status == PaymentStatus.ACTION_REQUIRED for e in events)
+
+
+# The sandbox's 3-D Secure page holds a form per outcome; the customer passes with this one.
+_COMPLETE_FORM = re.compile(r'<form\b[^>]*\baction="([^"]*/complete)"', re.IGNORECASE)
+PAGE_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+class AuthenticationNotPassed(Exception):
+    """The 3-D Secure page did not answer, named no form to complete, or refused it."""
+
+
+async def pass_authentication(http: aiohttp.ClientSession, url: str) -> str:
+    """Play the customer at `url`, the page the payment recorded as its `next_action_url`: GET
+    it, then POST the form whose action ends in `/complete`, as the sandbox's page offers.
+    Returns the URL posted to."""
+    try:
+        async with http.get(url) as page:
+            text = await page.text()
+            if page.status != 200:
+                raise AuthenticationNotPassed(f"GET {url} answered {page.status}")
+        found = _COMPLETE_FORM.search(text)
+        if found is None:
+            raise AuthenticationNotPassed(f"{url} shows no form that completes 3-D Secure")
+        action = urljoin(url, html.unescape(found.group(1)))
+        async with http.post(action) as done:
+            if done.status != 200:
+                answer = (await done.text())[:200]
+                raise AuthenticationNotPassed(f"POST {action} answered {done.status}: {answer}")
+    except (aiohttp.ClientError, TimeoutError) as err:
+        raise AuthenticationNotPassed(f"{url}: {type(err).__name__} {err}") from err
+    return action
+
+
+@dataclass
+class AuthenticatingCustomers:
+    """The customers of payments waiting for 3-D Secure (`action_required`), each visited once.
+    With `play` (the embedded sandbox) they pass it at their payment's `next_action_url`;
+    else (Stripe) the URL is only shown, for a person to open."""
+
+    http: aiohttp.ClientSession
+    play: bool
+    visited: set[str] = field(default_factory=set)
+
+    async def visit(self, payments: Sequence[PaymentRecord]) -> list[str]:
+        """One line for each payment newly found waiting for its customer."""
+        lines = []
+        for payment in payments:
+            url = payment.next_action_url
+            if payment.status != PaymentStatus.ACTION_REQUIRED or payment.id in self.visited:
+                continue
+            if url is None:
+                continue  # recorded without a redirect; nothing here can pass it
+            self.visited.add(payment.id)
+            if not self.play:
+                lines.append(f"payment {payment.id} waits for 3-D Secure: open {url}")
+                continue
+            try:
+                await pass_authentication(self.http, url)
+            except AuthenticationNotPassed as err:
+                lines.append(f"payment {payment.id}: 3-D Secure not passed at {url}: {err}")
+                continue
+            lines.append(f"payment {payment.id}: the customer passed 3-D Secure at {url}")
+        return lines

@@ -1,6 +1,7 @@
 """The one home of Stripe call patterns: building the client, counting and timing each
 request, paging a customer's PaymentIntents and a PaymentIntent's refunds and disputes,
-bounded retries of reads, and a void read back when its answer is not plain.
+bounded retries of reads, a void read back when its answer is not plain, the URL where a
+customer passes 3-D Secure, and registering a webhook endpoint.
 
 Reads take a `Reader`: `read_retried` in the CLI, which retries a bounded number of times, and
 `read_once` in an activity, where a read error must reach Temporal, which retries it.
@@ -10,7 +11,7 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -318,3 +319,33 @@ async def cancel_and_read_back(
             raise ReadBackFailed(read_error) from read_error
         return CancelAnswer(intent, err)
     return CancelAnswer(intent, None)
+
+
+class NoWebhookSecret(Exception):
+    """Stripe's answer to creating a webhook endpoint carried no signing secret."""
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """A registered webhook endpoint and its signing secret, which Stripe returns only when it
+    creates the endpoint. The secret stays out of `repr`, so that no log shows it."""
+
+    id: str
+    secret: str = field(repr=False)
+
+
+async def webhook_endpoint_ids(client: stripe.StripeClient, url: str) -> list[str]:
+    """The ids of the webhook endpoints that deliver to `url`, following every page."""
+    page = await client.v1.webhook_endpoints.list_async({"limit": LIST_PAGE})
+    return [endpoint.id async for endpoint in page.auto_paging_iter() if endpoint.url == url]
+
+
+async def register_webhook_endpoint(client: stripe.StripeClient, url: str) -> WebhookEndpoint:
+    """Delete every endpoint that delivers to `url`, then register one there for every event
+    type: afterwards exactly one endpoint delivers to `url`, signing with the secret returned."""
+    for endpoint_id in await webhook_endpoint_ids(client, url):
+        await client.v1.webhook_endpoints.delete_async(endpoint_id)
+    endpoint = await client.v1.webhook_endpoints.create_async({"url": url, "enabled_events": ["*"]})
+    if endpoint.secret is None:
+        raise NoWebhookSecret(f"Stripe created webhook endpoint {endpoint.id} without a secret")
+    return WebhookEndpoint(endpoint.id, endpoint.secret)

@@ -2,20 +2,39 @@
 
 Each service runs only where its setting is unset (DATABASE_URL, Temporal's envconfig address,
 STRIPE_API_KEY); the worker always runs. With BILLING_CODEC_KEYS set, the codec server runs
-too, and the dev server's Web UI decodes payloads through it. With STRIPE_WEBHOOK_SECRET set,
-the Stripe webhook receiver runs (registering its endpoint at Stripe is left to the operator:
-docs/operations.md). State, pids and logs live under `settings.data_dir`.
+too, and the dev server's Web UI decodes payloads through it.
+
+The Stripe webhook receiver (`python -m billing.webhooks`) runs in two cases:
+- on the embedded sandbox without STRIPE_WEBHOOK_SECRET, `up` registers the receiver's URL
+  in the sandbox (every event type) and hands the signing secret it gets back to the
+  receiver's environment only: it is never printed, logged or written to a file. The
+  endpoint's id (not its secret) is kept in `webhook-endpoint`, so that `up` again keeps a
+  running receiver whose endpoint is still the only one at its URL; otherwise it deletes the
+  endpoints at that URL, registers a new one and restarts the receiver with its secret;
+- with STRIPE_WEBHOOK_SECRET set, the receiver runs with it, and registering the endpoint is
+  the operator's (docs/operations.md). With STRIPE_API_KEY and no secret, no receiver runs.
+
+State, pids and logs live under `settings.data_dir`.
 """
 
+import asyncio
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import stripe
 from temporalio.envconfig import ClientConfigProfile
 
 from billing.settings import Settings
+from billing.stripe_client import (
+    NoWebhookSecret,
+    WebhookEndpoint,
+    make_stripe_client,
+    register_webhook_endpoint,
+    webhook_endpoint_ids,
+)
 from local_stack.ports import LOOPBACK, port_accepts, wait_until_closed
 from local_stack.postgres import EmbeddedPostgres
 from local_stack.processes import BackgroundProcess, log_tail
@@ -27,6 +46,8 @@ LISTEN_TIMEOUT_S = 30.0
 # The worker connects to Temporal and Postgres at start; if that fails it exits within this.
 WORKER_SETTLE_S = 2.0
 WORKER_STOP_TIMEOUT_S = 60.0
+RECEIVER = "the Stripe webhook receiver"
+SECRET_VARIABLE = "STRIPE_WEBHOOK_SECRET"
 
 
 class StackError(RuntimeError):
@@ -81,7 +102,10 @@ class EmbeddedStack:
             env=python_env,
             cwd=Path.cwd(),
         )
-        self.receiving = settings.stripe_webhook_secret is not None
+        # Registering the endpoint is ours on the embedded sandbox, else the operator's.
+        self.registering = settings.stripe_webhook_secret is None and not self.stripe_external
+        self.receiving = settings.stripe_webhook_secret is not None or self.registering
+        self.endpoint_file = data_dir / "webhook-endpoint"
         self.webhooks = BackgroundProcess(
             "webhooks",
             [sys.executable, "-m", "billing.webhooks"],
@@ -118,10 +142,10 @@ class EmbeddedStack:
         if not self.stripe_external:
             self._start_listening(self.sandbox, self.settings.sandbox_port, "the Stripe sandbox")
         self._start_worker()
-        if self.receiving:
-            self._start_listening(
-                self.webhooks, self.settings.webhook_port, "the Stripe webhook receiver"
-            )
+        if self.registering:
+            self._start_receiver_of_sandbox()
+        elif self.receiving:
+            self._start_listening(self.webhooks, self.settings.webhook_port, RECEIVER)
         for state in self.status():
             report(state.line())
         if not self.temporal_external:
@@ -144,6 +168,7 @@ class EmbeddedStack:
         for name, running, stop in steps:
             stop()
             report(f"{name:<15} {'stopped' if running else 'was not running'}")
+        self.endpoint_file.unlink(missing_ok=True)  # the sandbox forgot its endpoints
 
     def status(self) -> list[ServiceState]:
         states = [
@@ -175,6 +200,44 @@ class EmbeddedStack:
                     f"{log_tail(process.log_path)}"
                 )
             time.sleep(0.1)
+
+    def _start_receiver_of_sandbox(self) -> None:
+        """Keep the running receiver while its endpoint is the only one at its URL; else
+        register a new endpoint (deleting the others there) and restart the receiver with the
+        new secret, which goes into the receiver's environment and nowhere else."""
+        url = self.settings.webhook_url()
+        try:
+            endpoint = asyncio.run(self._endpoint_to_start_with(url))
+        except (stripe.StripeError, NoWebhookSecret) as err:
+            raise StackError(f"could not register {url} in the Stripe sandbox: {err}") from err
+        if endpoint is None:
+            return
+        self.endpoint_file.write_text(f"{endpoint.id}\n")
+        self.webhooks.env[SECRET_VARIABLE] = endpoint.secret
+        try:
+            self._start_listening(self.webhooks, self.settings.webhook_port, RECEIVER)
+        finally:
+            del self.webhooks.env[SECRET_VARIABLE]
+
+    async def _endpoint_to_start_with(self, url: str) -> WebhookEndpoint | None:
+        """None while the running receiver's endpoint is the only one at `url`; else stop the
+        receiver and register a new endpoint there."""
+        client = make_stripe_client(self.settings)
+        at_url = await webhook_endpoint_ids(client, url)
+        if self.webhooks.is_alive() and at_url == [self._registered_endpoint()]:
+            return None
+        self.webhooks.stop()
+        wait_until_closed(self.settings.webhook_port, timeout=10)
+        if port_accepts(self.settings.webhook_port):
+            raise StackError(f"port {self.settings.webhook_port} for {RECEIVER} is taken")
+        return await register_webhook_endpoint(client, url)
+
+    def _registered_endpoint(self) -> str | None:
+        """The id of the endpoint `up` registered last, if any."""
+        try:
+            return self.endpoint_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
 
     def _stop_sandbox(self) -> None:
         self.sandbox.stop()
@@ -230,7 +293,9 @@ class EmbeddedStack:
 
     def _webhooks_state(self) -> ServiceState:
         if self.webhooks.is_alive():
-            detail = f"{self.settings.webhook_url()} (pid {self.webhooks.pid})"
+            endpoint = self._registered_endpoint() if self.registering else None
+            registered = f", endpoint {endpoint} in the sandbox" if endpoint else ""
+            detail = f"{self.settings.webhook_url()}{registered} (pid {self.webhooks.pid})"
             return ServiceState("webhooks", "running", detail)
         return ServiceState("webhooks", "stopped", f"log in {self.webhooks.log_path}")
 

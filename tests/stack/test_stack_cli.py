@@ -8,7 +8,28 @@ from pathlib import Path
 from local_stack.ports import free_port, port_accepts
 
 SERVICES = ("postgres", "temporal", "stripe-sandbox", "worker")
-SERVICE_VARIABLES = ("DATABASE_URL", "TEMPORAL_ADDRESS", "STRIPE_API_KEY", "STRIPE_API_BASE")
+# On the embedded sandbox `up` also runs the webhook receiver, with an endpoint it registers.
+EMBEDDED_SERVICES = (*SERVICES, "webhooks")
+SERVICE_VARIABLES = (
+    "DATABASE_URL",
+    "TEMPORAL_ADDRESS",
+    "STRIPE_API_KEY",
+    "STRIPE_API_BASE",
+    "STRIPE_WEBHOOK_SECRET",
+)
+
+
+def stack_ports(*extra: str) -> dict[str, int]:
+    """Free ports for a scratch stack's services, the webhook receiver's and `extra` ones."""
+    names = (
+        "embedded_postgres_port",
+        "embedded_temporal_port",
+        "embedded_temporal_ui_port",
+        "sandbox_port",
+        "webhook_port",
+        *extra,
+    )
+    return {name: free_port() for name in names}
 
 
 def stack_env(data_dir: Path, ports: dict[str, int]) -> dict[str, str]:
@@ -35,12 +56,7 @@ def states(output: str) -> dict[str, str]:
 
 
 def test_up_status_down(scratch_dir: Path) -> None:
-    ports = {
-        "embedded_postgres_port": free_port(),
-        "embedded_temporal_port": free_port(),
-        "embedded_temporal_ui_port": free_port(),
-        "sandbox_port": free_port(),
-    }
+    ports = stack_ports()
     data_dir = scratch_dir / "data"
     env = stack_env(data_dir, ports)
     try:
@@ -50,8 +66,8 @@ def test_up_status_down(scratch_dir: Path) -> None:
         assert f"127.0.0.1:{ports['embedded_postgres_port']}/billing" in up.stdout
 
         status = stack("status", env)
-        assert states(status.stdout) == dict.fromkeys(SERVICES, "running"), status.stdout
-        for name in ("temporal", "stripe-sandbox", "worker"):
+        assert states(status.stdout) == dict.fromkeys(EMBEDDED_SERVICES, "running"), status.stdout
+        for name in ("temporal", "stripe-sandbox", "worker", "webhooks"):
             assert (data_dir / "pids" / f"{name}.pid").exists()
             assert (data_dir / "logs" / f"{name}.log").exists()
         assert (data_dir / "postgres" / "pgdata" / "postmaster.pid").exists()
@@ -61,7 +77,7 @@ def test_up_status_down(scratch_dir: Path) -> None:
     finally:
         down = stack("down", env)
     assert down.returncode == 0, down.stdout + down.stderr
-    assert states(stack("status", env).stdout) == dict.fromkeys(SERVICES, "stopped")
+    assert states(stack("status", env).stdout) == dict.fromkeys(EMBEDDED_SERVICES, "stopped")
     assert not list((data_dir / "pids").iterdir())
     assert not any(port_accepts(port) for port in ports.values())
     assert stack("down", env).returncode == 0

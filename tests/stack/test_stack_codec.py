@@ -6,18 +6,12 @@ import urllib.request
 from pathlib import Path
 
 from billing.codec import new_key_entry
-from local_stack.ports import free_port, port_accepts
-from tests.stack.test_stack_cli import SERVICES, stack, stack_env, states
+from local_stack.ports import port_accepts
+from tests.stack.test_stack_cli import EMBEDDED_SERVICES, stack, stack_env, stack_ports, states
 
 
 def test_up_with_keys_runs_the_codec_server_for_the_web_ui(scratch_dir: Path) -> None:
-    ports = {
-        "embedded_postgres_port": free_port(),
-        "embedded_temporal_port": free_port(),
-        "embedded_temporal_ui_port": free_port(),
-        "sandbox_port": free_port(),
-        "codec_server_port": free_port(),
-    }
+    ports = stack_ports("codec_server_port")
     env = stack_env(scratch_dir / "data", ports)
     env["BILLING_CODEC_KEYS"] = new_key_entry("k1")
     codec_url = f"http://127.0.0.1:{ports['codec_server_port']}"
@@ -27,7 +21,7 @@ def test_up_with_keys_runs_the_codec_server_for_the_web_ui(scratch_dir: Path) ->
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"codec server {codec_url}" in up.stdout
         assert states(stack("status", env).stdout) == dict.fromkeys(
-            (*SERVICES, "codec-server"), "running"
+            (*EMBEDDED_SERVICES, "codec-server"), "running"
         )
 
         with urllib.request.urlopen(f"{ui_origin}/api/v1/settings", timeout=10) as answer:
