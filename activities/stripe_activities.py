@@ -404,16 +404,18 @@ class StripeActivities:
 
 
 def intent_state(intent: stripe.PaymentIntent) -> IntentState:
-    error = intent.last_payment_error
+    # Stripe leaves out the fields an error does not have (a failed authentication has no
+    # `decline_code`), and the SDK's object raises AttributeError for them: read it as a dict.
+    error = intent.last_payment_error.to_dict() if intent.last_payment_error else {}
     return IntentState(
         intent_id=intent.id,
         status=intent.status,
         amount_capturable=intent.amount_capturable or 0,
         amount_received=intent.amount_received or 0,
         next_action_url=redirect_url(intent),
-        error_code=error.code if error else None,
-        decline_code=error.decline_code if error else None,
-        error_message=error.message if error else None,
+        error_code=error.get("code"),
+        decline_code=error.get("decline_code"),
+        error_message=error.get("message"),
     )
 
 
