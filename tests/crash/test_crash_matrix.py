@@ -9,7 +9,9 @@ advisory lock the test holds (before the UPDATE, or at COMMIT), or by the paymen
 it waits in its capture window.
 
 Refunds get the same: a kill before the refund request, while Stripe acts, after Stripe
-answered, and around the ledger's record of it.
+answered, and around the ledger's record of it. So does 3-D Secure: a kill after Stripe
+confirmed the intent on-session, around the ledger's `action_required` and the authorization
+that follows the customer's authentication, and while the payment waits for the customer.
 
 The second half plays an operator against the payment, with a kill at the worst moment: a
 Temporal cancellation request (the Web UI's "Request Cancellation"), a terminate followed by
@@ -45,6 +47,8 @@ from tests.crash.harness import (
     intent_counts,
     payment_status,
     play_the_servers_timeouts,
+    wait_for_event,
+    wait_for_new_run,
     wait_for_status,
     wait_for_task_after,
 )
@@ -55,6 +59,10 @@ PERIOD = "2026-11"
 VISA = "pm_card_visa"
 HARD_DECLINE = "pm_card_chargeDeclined"
 SOFT_DECLINE = "pm_card_chargeDeclinedInsufficientFunds"
+NEEDS_3DS = "pm_card_authenticationRequired"
+# The customer's time to authenticate: the wait ends at this deadline with a read of the intent
+# (no webhook receiver runs), long enough to kill and restart the worker within it.
+AUTHENTICATION_WINDOW = timedelta(seconds=8)
 WINDOW = "3s"
 SQL_WINDOW = "5s"  # long enough to write the cancel in SQL before the window ends
 LONG_WINDOW = "1h"
@@ -105,6 +113,13 @@ class Scene:
         [payment] = await self.ledger.period_payments(PERIOD)
         return payment
 
+    async def authenticate(self, payment_id: str) -> None:
+        """Once the payment waits `action_required`, the customer passes 3-D Secure."""
+        await wait_for_status(self.pool, payment_id, S.ACTION_REQUIRED)
+        record = await self.ledger.payment(payment_id)
+        assert record is not None and record.stripe_payment_intent_id is not None
+        self.sandbox.complete_authentication(record.stripe_payment_intent_id)
+
     async def reconcile(self) -> int:
         return await execute(["reconcile", PERIOD], self.settings, self.client)
 
@@ -144,12 +159,14 @@ class Scene:
         self, payment_id: str, status: PaymentStatus, *, created: int, captured: int
     ) -> PaymentRecord:
         """The row ended `status`; Stripe created `created` PaymentIntents and captured
-        `captured`; no authorization is left; a succeeded row records the capture."""
+        `captured`; no authorization, and no intent awaiting authentication, is left; a
+        succeeded row records the capture."""
         record = await self.ledger.payment(payment_id)
         assert record is not None and record.status == status, record
         intents = self.sandbox.payment_intents()
         assert intent_counts(intents) == (created, captured), intents
-        assert not [i for i in intents if i["status"] == "requires_capture"], intents
+        left = [i for i in intents if i["status"] in ("requires_capture", "requires_action")]
+        assert not left, intents
         if captured:
             [capture] = [i for i in intents if i["status"] == "succeeded"]
             assert record.stripe_payment_intent_id == capture["id"]
@@ -708,4 +725,127 @@ async def test_sigkill_during_a_refund(case: RefundCase, scene: Scene, database_
     assert await payment_status(scene.pool, payment.id) == S.REFUNDED
     moves = [(e.from_status, e.to_status) for e in await scene.ledger.events(payment.id)]
     assert moves.count((S.SUCCEEDED, S.REFUNDED)) == 1
+    assert await scene.reconcile() == 0
+
+
+# ----- 3-D Secure ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AwaitingPoint:
+    """The payment waits `action_required`: its wait's timer has started."""
+
+
+Authenticated = Literal["before-the-kill", "while-no-worker-runs", "after-the-restart"]
+
+
+@dataclass(frozen=True)
+class AuthenticationCase:
+    id: str
+    point: StripePoint | LedgerPoint | AwaitingPoint
+    authenticated: Authenticated  # when the customer passes 3-D Secure
+
+
+AUTHENTICATION_CASES = [
+    AuthenticationCase(
+        "confirmed-on-session", StripePoint("payment_intents.confirm", "after"), "after-the-restart"
+    ),
+    *(
+        AuthenticationCase(
+            f"pending-action_required-{when}",
+            LedgerPoint(S.PENDING, S.ACTION_REQUIRED, when),
+            "after-the-restart",
+        )
+        for when in ("before", "after")
+    ),
+    AuthenticationCase("awaiting-authentication", AwaitingPoint(), "while-no-worker-runs"),
+    *(
+        AuthenticationCase(
+            f"action_required-authorized-{when}",
+            LedgerPoint(S.ACTION_REQUIRED, S.AUTHORIZED, when),
+            "before-the-kill",
+        )
+        for when in ("before", "after")
+    ),
+]
+
+
+def authenticating(settings: Settings) -> Settings:
+    return settings.model_copy(update={"authentication_window": AUTHENTICATION_WINDOW})
+
+
+@pytest.mark.parametrize("case", AUTHENTICATION_CASES, ids=[c.id for c in AUTHENTICATION_CASES])
+async def test_sigkill_during_3d_secure(
+    case: AuthenticationCase, scene: Scene, database_url: str
+) -> None:
+    """The bank asks for authentication; the worker is killed once Stripe confirmed the
+    intent on-session, around the ledger's `action_required`, while the payment waits, or
+    around the authorization once the customer passed. The one intent is captured once."""
+    await scene.customer(NEEDS_3DS)
+    trap = LedgerTrap(database_url)
+    scene.workers.start()
+    point = case.point
+    if isinstance(point, StripePoint):
+        scene.sandbox.add_hook(point.endpoint, point.when, scene.kill)
+    elif isinstance(point, LedgerPoint):
+        await trap.arm(point.source, point.target, point.when)
+    payment = await scene.bill(settings=authenticating(scene.settings))
+    handle = scene.handle(payment.id)
+    try:
+        if case.authenticated == "before-the-kill":
+            await scene.authenticate(payment.id)
+        if isinstance(point, LedgerPoint):
+            backend = await trap.wait_until_trapped()
+            scene.kill()
+            await asyncio.to_thread(scene.workers.started[-1].wait, 30)
+            await trap.release(backend)
+            reached = point.source if point.when == "before" else point.target
+            assert await payment_status(scene.pool, payment.id) == reached
+        elif isinstance(point, AwaitingPoint):
+            await wait_for_status(scene.pool, payment.id, S.ACTION_REQUIRED)
+            await wait_for_event(handle, EventType.EVENT_TYPE_TIMER_STARTED)
+            scene.kill()
+        await scene.dead()
+        if case.authenticated == "while-no-worker-runs":
+            await scene.authenticate(payment.id)
+        await scene.restart(handle)
+        if case.authenticated == "after-the-restart":
+            await scene.authenticate(payment.id)
+        result = await scene.result(handle)
+    finally:
+        await trap.close()
+
+    assert result.status == S.SUCCEEDED, result
+    await scene.assert_ended(payment.id, S.SUCCEEDED, created=1, captured=1)
+    assert await scene.reconcile() == 0
+
+
+@pytest.mark.parametrize("authenticated", ["before-bill", "after-bill"])
+async def test_terminate_while_awaiting_authentication_then_bill_resumes_the_same_intent(
+    scene: Scene, authenticated: str
+) -> None:
+    """Terminated while it waits `action_required` (a stranded payment), the payment is
+    resumed by `bill`: the new run makes no second PaymentIntent, and captures the one the
+    customer authenticates, before `bill` or while the new run waits for them."""
+    await scene.customer(NEEDS_3DS)
+    scene.workers.start()
+    settings = authenticating(scene.settings)
+    payment = await scene.bill(settings=settings)
+    handle = scene.handle(payment.id)
+    await wait_for_status(scene.pool, payment.id, S.ACTION_REQUIRED)
+    await wait_for_event(handle, EventType.EVENT_TYPE_TIMER_STARTED)
+    first_run = (await handle.describe()).run_id
+    await handle.terminate(reason="an operator, from the Web UI")
+    if authenticated == "before-bill":
+        await scene.authenticate(payment.id)
+    assert (await scene.bill(settings=settings)).id == payment.id
+    run = await wait_for_new_run(handle, first_run)
+    if authenticated == "after-bill":
+        resumed = scene.client.get_workflow_handle(handle.id, run_id=run)
+        await wait_for_event(resumed, EventType.EVENT_TYPE_TIMER_STARTED)
+        await scene.authenticate(payment.id)
+    result = await scene.result(handle)
+
+    assert result.status == S.SUCCEEDED, result
+    await scene.assert_ended(payment.id, S.SUCCEEDED, created=1, captured=1)
     assert await scene.reconcile() == 0
