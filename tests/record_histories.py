@@ -292,6 +292,16 @@ def cases() -> dict[str, Case]:
             ),
             BillingPolicy(authentication_window=SECOND),
         ),
+        # Recorded 2026-11-28 under the resume-authentication patch: a run resumed on a row
+        # that waits `action_required` waits again on the intent Stripe still holds.
+        "three_d_secure_resumed_waiting": Case(
+            StubActivities(
+                row=resumed_row(PaymentStatus.ACTION_REQUIRED, "pi_declined"),
+                held_at_stripe=[PeriodIntents(awaiting_action=("pi_declined",))],
+                intent_reads=[intent_state("requires_capture", amount_capturable=4200)],
+            ),
+            BillingPolicy(authentication_window=SECOND),
+        ),
         "payment_lost_answer_new_generation": Case(
             StubActivities(
                 authorize_errors=[business_error(ErrorType.STRIPE_OUTCOME_UNKNOWN)],

@@ -820,13 +820,22 @@ async def test_sigkill_during_3d_secure(
     assert await scene.reconcile() == 0
 
 
-@pytest.mark.parametrize("authenticated", ["before-bill", "after-bill"])
+# Stripe forgets an idempotency key after 24 hours; a customer may take days to authenticate.
+KEYS_FORGOTTEN = timedelta(hours=25)
+
+
+@pytest.mark.parametrize(
+    ("authenticated", "keys_forgotten"),
+    [("before-bill", False), ("after-bill", False), ("after-bill", True)],
+    ids=["authenticated-before-bill", "authenticated-after-bill", "after-stripe-forgot-the-keys"],
+)
 async def test_terminate_while_awaiting_authentication_then_bill_resumes_the_same_intent(
-    scene: Scene, authenticated: str
+    scene: Scene, authenticated: str, keys_forgotten: bool
 ) -> None:
     """Terminated while it waits `action_required` (a stranded payment), the payment is
     resumed by `bill`: the new run makes no second PaymentIntent, and captures the one the
-    customer authenticates, before `bill` or while the new run waits for them."""
+    customer authenticates, before `bill` or while the new run waits for them, also once
+    Stripe has forgotten the keys of the first run's requests."""
     await scene.customer(NEEDS_3DS)
     scene.workers.start()
     settings = authenticating(scene.settings)
@@ -836,6 +845,8 @@ async def test_terminate_while_awaiting_authentication_then_bill_resumes_the_sam
     await wait_for_event(handle, EventType.EVENT_TYPE_TIMER_STARTED)
     first_run = (await handle.describe()).run_id
     await handle.terminate(reason="an operator, from the Web UI")
+    if keys_forgotten:
+        scene.sandbox.clock.advance(KEYS_FORGOTTEN)
     if authenticated == "before-bill":
         await scene.authenticate(payment.id)
     assert (await scene.bill(settings=settings)).id == payment.id
