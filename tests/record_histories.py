@@ -30,10 +30,12 @@ from billing.models import (
     Authorization,
     BillingPolicy,
     Capture,
+    IntentState,
     PaymentMethodUpdate,
     PaymentState,
     PeriodIntents,
     RefundInput,
+    StripeEventFact,
 )
 from local_stack.temporal import start_local_environment
 from tests.stubs import (
@@ -41,6 +43,7 @@ from tests.stubs import (
     StubActivities,
     business_error,
     declined,
+    intent_state,
     payment_input,
     refund_input,
     refused,
@@ -125,6 +128,41 @@ FROZEN = BEFORE_LOCAL_LEDGER | BEFORE_EXACTLY_ONCE | BEFORE_AUTHORIZE_UNLESS_HEL
 async def cancel_by_temporal(handle: Handle, stubs: StubActivities) -> None:
     await stubs.reached("record_authorization").wait()
     await handle.cancel()
+
+
+async def waiting_for_authentication(handle: Handle) -> None:
+    """Once the payment waits for the customer (3-D Secure): its wait has begun."""
+    for _ in range(600):
+        if await handle.query("current_step", result_type=str) == "waiting_for_authentication":
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the payment never waited for authentication")
+
+
+async def authenticated_by_webhook(handle: Handle, stubs: StubActivities) -> None:
+    await waiting_for_authentication(handle)
+    fact = StripeEventFact(
+        event_id="evt_authenticated",
+        type="payment_intent.amount_capturable_updated",
+        created=1795000000,
+        intent_id="pi_declined",
+        status="requires_capture",
+        amount_capturable=4200,
+    )
+    await handle.signal("stripe_event", fact)
+
+
+async def cancel_while_awaiting_authentication(handle: Handle, stubs: StubActivities) -> None:
+    await waiting_for_authentication(handle)
+    await handle.execute_update("cancel_payment", result_type=CancelOutcome)
+
+
+def needs_authentication(*reads: IntentState) -> StubActivities:
+    """The first authorization declines `authentication_required` (3-D Secure); `reads` are
+    what reading the intent finds."""
+    return StubActivities(
+        authorize_errors=[declined("authentication_required")], intent_reads=list(reads)
+    )
 
 
 def resumed_row(status: PaymentStatus, intent_id: str, dunning_attempts: int = 0) -> PaymentState:
@@ -227,6 +265,42 @@ def cases() -> dict[str, Case]:
         ),
         "unless_held_rejected_then_one_at_a_time": Case(
             StubActivities(authorize_errors=[business_error(ErrorType.STRIPE_REJECTED)] * 2)
+        ),
+        # Recorded 2026-11-28 under the three-d-secure patch: the customer authenticates (a
+        # webhook's event wakes the wait), lets the deadline pass, the payment is cancelled
+        # while it waits, or the authentication fails (read at the deadline).
+        "three_d_secure_authenticated": Case(
+            needs_authentication(intent_state("requires_capture", amount_capturable=4200)),
+            BillingPolicy(authentication_window=HOUR),
+            during=authenticated_by_webhook,
+        ),
+        "three_d_secure_expired": Case(
+            needs_authentication(), BillingPolicy(authentication_window=SECOND)
+        ),
+        "three_d_secure_cancelled_while_waiting": Case(
+            needs_authentication(),
+            BillingPolicy(authentication_window=HOUR),
+            during=cancel_while_awaiting_authentication,
+        ),
+        "three_d_secure_failed": Case(
+            needs_authentication(
+                intent_state(
+                    "requires_payment_method",
+                    error_code="payment_intent_authentication_failure",
+                    error_message="The provided PaymentMethod has failed authentication.",
+                )
+            ),
+            BillingPolicy(authentication_window=SECOND),
+        ),
+        # Recorded 2026-11-28 under the resume-authentication patch: a run resumed on a row
+        # that waits `action_required` waits again on the intent Stripe still holds.
+        "three_d_secure_resumed_waiting": Case(
+            StubActivities(
+                row=resumed_row(PaymentStatus.ACTION_REQUIRED, "pi_declined"),
+                held_at_stripe=[PeriodIntents(awaiting_action=("pi_declined",))],
+                intent_reads=[intent_state("requires_capture", amount_capturable=4200)],
+            ),
+            BillingPolicy(authentication_window=SECOND),
         ),
         "payment_lost_answer_new_generation": Case(
             StubActivities(

@@ -11,6 +11,7 @@ from temporalio.exceptions import ApplicationError
 
 from billing.constants import ErrorType, PaymentStatus, RefundReason
 from billing.models import (
+    AuthenticateInput,
     Authorization,
     AuthorizeInput,
     AuthorizeUnlessHeldInput,
@@ -24,10 +25,13 @@ from billing.models import (
     FinalizeInput,
     FindAuthorizationInput,
     FindPeriodIntentsInput,
+    IntentState,
     PaymentInput,
     PaymentState,
     PeriodIntents,
+    ReadIntentInput,
     ReadPaymentInput,
+    RecordActionRequiredInput,
     RecordAttentionInput,
     RecordAuthorizationInput,
     RecordCancellationInput,
@@ -69,6 +73,11 @@ def declined(decline_code: str, intent_id: str = "pi_declined") -> ApplicationEr
     )
 
 
+def intent_state(status: str, intent_id: str = "pi_declined", **fields: object) -> IntentState:
+    """A PaymentIntent as request_authentication or read_intent answer it."""
+    return IntentState.model_validate({"intent_id": intent_id, "status": status, **fields})
+
+
 def business_error(error_type: ErrorType) -> ApplicationError:
     return ApplicationError(f"stub {error_type}", type=error_type, non_retryable=True)
 
@@ -81,7 +90,10 @@ class StubActivities:
     `existing_authorization` is what Stripe holds once authorize has been called (an answer
     that was lost); `held_at_stripe` is what converging finds on successive calls, before
     that. `row` is what read_payment returns (default: pending, generation 1);
-    `capture_refused_by` is the status that wins over begin_capture."""
+    `capture_refused_by` is the status that wins over begin_capture.
+
+    3-D Secure: request_authentication answers `requires_action` with a URL; `intent_reads`
+    are what successive read_intent calls answer (then `requires_action` again)."""
 
     authorize_errors: list[Exception | None] = field(default_factory=list)
     capture_errors: list[Exception] = field(default_factory=list)
@@ -91,6 +103,7 @@ class StubActivities:
     row: PaymentState | None = None
     payment_methods: list[str] = field(default_factory=list)
     capture_refused_by: PaymentStatus | None = None
+    intent_reads: list[IntentState] = field(default_factory=list)
     period_intents_error: Exception | None = None  # raised by every find_period_intents
     begin_capture_error: Exception | None = None  # raised by every begin_capture
     capture_gate: asyncio.Event | None = None
@@ -161,6 +174,19 @@ class StubActivities:
                 return held
             return PeriodIntents(capturable=(await authorize(input.authorize),))
 
+        @activity.defn(name="request_authentication")
+        async def request_authentication(input: AuthenticateInput) -> IntentState:
+            self._record("request_authentication", input)
+            url = f"https://stripe.test/3ds/{input.intent_id}"
+            return intent_state("requires_action", input.intent_id, next_action_url=url)
+
+        @activity.defn(name="read_intent")
+        async def read_intent(input: ReadIntentInput) -> IntentState:
+            self._record("read_intent", input)
+            if self.intent_reads:
+                return self.intent_reads.pop(0)
+            return intent_state("requires_action", input.intent_id)
+
         @activity.defn(name="read_payment")
         async def read_payment(input: ReadPaymentInput) -> PaymentState:
             self._record("read_payment", input)
@@ -210,6 +236,10 @@ class StubActivities:
         async def record_cancellation(input: RecordCancellationInput) -> None:
             self._record("record_cancellation", input)
 
+        @activity.defn(name="record_action_required")
+        async def record_action_required(input: RecordActionRequiredInput) -> None:
+            self._record("record_action_required", input)
+
         return [
             authorize,
             capture,
@@ -227,6 +257,9 @@ class StubActivities:
             record_decline,
             begin_attempt,
             record_cancellation,
+            request_authentication,
+            read_intent,
+            record_action_required,
         ]
 
     def names(self) -> list[str]:

@@ -133,6 +133,11 @@ AUTHORIZE_UNLESS_HELD = "authorize-unless-held"
 # on to capture once they authenticated. The marker is written only when a payment meets that
 # decline; without it the decline is final, as before.
 THREE_D_SECURE = "three-d-secure"
+# A run resumed on a row that waits `action_required` (its run was terminated), whose intent
+# Stripe still holds waiting for the customer, waits for them again on that intent instead of
+# authorizing again: Stripe forgets the authorize key after 24 hours, and a second intent
+# would follow. Without the marker a resumed run authorizes again under the row's generation.
+RESUME_AUTHENTICATION = "resume-authentication"
 # While a payment waits for the customer to authenticate, it reads the intent from Stripe
 # when an event about it arrives (the webhook), at least this often, and at the deadline: a
 # dropped webhook delays the capture, it never loses it.
@@ -465,7 +470,18 @@ class PaymentWorkflow:
             # Nothing recorded to resume: the first authorization converges by itself.
             self._converge_first = True
             return None, False
-        found = await self._converge(prefer=state.intent_id if self._as_recorded else None)
+        if state.status == PaymentStatus.ACTION_REQUIRED and workflow.patched(
+            RESUME_AUTHENTICATION
+        ):
+            self._step = "converge"
+            intents = await self._period_intents()
+            found = await self._keep_one(intents, prefer=state.intent_id)
+            if found is None and state.intent_id in intents.awaiting_action:
+                assert state.intent_id is not None
+                resumed = await self._resume_authentication(state.intent_id)
+                return resumed if isinstance(resumed, PaymentResult) else (resumed, False)
+        else:
+            found = await self._converge(prefer=state.intent_id if self._as_recorded else None)
         recorded = isinstance(found, Authorization) and found.intent_id == state.intent_id
         if isinstance(found, Authorization) and state.status == PaymentStatus.RETRYING:
             await self._begin_generation("adopted_after_resume")
@@ -618,6 +634,25 @@ class PaymentWorkflow:
             state = waited
         if isinstance(state, ApplicationError):
             return state
+        return await self._authentication_outcome(intent_id, state)
+
+    async def _resume_authentication(self, intent_id: str) -> Converged | PaymentResult:
+        """A resumed run: the customer has not authenticated `intent_id` yet. Wait for them
+        again (a whole window), and go on as `_authenticate` does once they have. Any event
+        this run has received wakes the wait."""
+        waited = await self._await_authentication(intent_id, 0)
+        if waited is None:
+            return await self._cancel(intent_id=intent_id)
+        outcome = await self._authentication_outcome(intent_id, waited)
+        if isinstance(outcome, ApplicationError):
+            return await self._recover(outcome)
+        return outcome
+
+    async def _authentication_outcome(
+        self, intent_id: str, state: IntentState
+    ) -> Converged | ApplicationError:
+        """What the intent's state after the wait means: an authorization, a capture, or a
+        failure for `_recover` (the deadline passed: the intent is voided)."""
         if state.status == CAPTURABLE:
             return Authorization(intent_id=intent_id, amount_capturable=state.amount_capturable)
         if state.status == CAPTURED:

@@ -146,6 +146,26 @@ async def wait_for_task_after(
     raise TimeoutError(f"no workflow task completed after {EventType.Name(event)}")
 
 
+async def wait_for_event(handle: WorkflowHandle[Any, Any], event: "EventType.ValueType") -> None:
+    """Wait until the history of the handle's run holds `event` (a TIMER_STARTED: the
+    workflow's task that began a wait has completed)."""
+    for _ in range(WAIT_STEPS // 4):
+        if event in [e.event_type async for e in handle.fetch_history_events()]:
+            return
+        await asyncio.sleep(WAIT_STEP_S * 4)
+    raise TimeoutError(f"no {EventType.Name(event)} in the history")
+
+
+async def wait_for_new_run(handle: WorkflowHandle[Any, Any], old_run: str) -> str:
+    """Wait until the workflow has a run after `old_run` (resumed by `bill`); its run id."""
+    for _ in range(WAIT_STEPS // 4):
+        run = (await handle.describe()).run_id
+        if run != old_run:
+            return run
+        await asyncio.sleep(WAIT_STEP_S * 4)
+    raise TimeoutError(f"workflow {handle.id} has no run after {old_run}")
+
+
 def intent_counts(intents: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
     """(PaymentIntents created, of which captured). A declined authorization is created too:
     Stripe keeps it in `requires_payment_method`."""

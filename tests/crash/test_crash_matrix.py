@@ -9,7 +9,9 @@ advisory lock the test holds (before the UPDATE, or at COMMIT), or by the paymen
 it waits in its capture window.
 
 Refunds get the same: a kill before the refund request, while Stripe acts, after Stripe
-answered, and around the ledger's record of it.
+answered, and around the ledger's record of it. So does 3-D Secure: a kill after Stripe
+confirmed the intent on-session, around the ledger's `action_required` and the authorization
+that follows the customer's authentication, and while the payment waits for the customer.
 
 The second half plays an operator against the payment, with a kill at the worst moment: a
 Temporal cancellation request (the Web UI's "Request Cancellation"), a terminate followed by
@@ -45,16 +47,12 @@ from tests.crash.harness import (
     intent_counts,
     payment_status,
     play_the_servers_timeouts,
+    wait_for_event,
+    wait_for_new_run,
     wait_for_status,
     wait_for_task_after,
 )
-from tests.support import (
-    WorkerProcesses,
-    add_customer,
-    pass_3d_secure,
-    worker_env,
-    worker_processes,
-)
+from tests.support import WorkerProcesses, add_customer, worker_env, worker_processes
 from tests.webhook_support import Hooks
 from workflows.payment import STRIPE_TIMEOUT
 
@@ -62,6 +60,10 @@ PERIOD = "2026-11"
 VISA = "pm_card_visa"
 HARD_DECLINE = "pm_card_chargeDeclined"
 SOFT_DECLINE = "pm_card_chargeDeclinedInsufficientFunds"
+NEEDS_3DS = "pm_card_authenticationRequired"
+# The customer's time to authenticate: the wait ends at this deadline with a read of the intent
+# (no webhook receiver runs), long enough to kill and restart the worker within it.
+AUTHENTICATION_WINDOW = timedelta(seconds=8)
 WINDOW = "3s"
 SQL_WINDOW = "5s"  # long enough to write the cancel in SQL before the window ends
 LONG_WINDOW = "1h"
@@ -112,6 +114,13 @@ class Scene:
         [payment] = await self.ledger.period_payments(PERIOD)
         return payment
 
+    async def authenticate(self, payment_id: str) -> None:
+        """Once the payment waits `action_required`, the customer passes 3-D Secure."""
+        await wait_for_status(self.pool, payment_id, S.ACTION_REQUIRED)
+        record = await self.ledger.payment(payment_id)
+        assert record is not None and record.stripe_payment_intent_id is not None
+        self.sandbox.complete_authentication(record.stripe_payment_intent_id)
+
     async def reconcile(self) -> int:
         return await execute(["reconcile", PERIOD], self.settings, self.client)
 
@@ -151,12 +160,14 @@ class Scene:
         self, payment_id: str, status: PaymentStatus, *, created: int, captured: int
     ) -> PaymentRecord:
         """The row ended `status`; Stripe created `created` PaymentIntents and captured
-        `captured`; no authorization is left; a succeeded row records the capture."""
+        `captured`; no authorization, and no intent awaiting authentication, is left; a
+        succeeded row records the capture."""
         record = await self.ledger.payment(payment_id)
         assert record is not None and record.status == status, record
         intents = self.sandbox.payment_intents()
         assert intent_counts(intents) == (created, captured), intents
-        assert not [i for i in intents if i["status"] == "requires_capture"], intents
+        left = [i for i in intents if i["status"] in ("requires_capture", "requires_action")]
+        assert not left, intents
         if captured:
             [capture] = [i for i in intents if i["status"] == "succeeded"]
             assert record.stripe_payment_intent_id == capture["id"]
@@ -720,133 +731,161 @@ async def test_sigkill_during_a_refund(case: RefundCase, scene: Scene, database_
 
 # ----- 3-D Secure ---------------------------------------------------------------------------
 
-NEEDS_3DS = "pm_card_authenticationRequired"
+
+@dataclass(frozen=True)
+class AwaitingPoint:
+    """The payment waits `action_required`: its wait's timer has started."""
+
+
+Authenticated = Literal["before-the-kill", "while-no-worker-runs", "after-the-restart"]
 
 
 @dataclass(frozen=True)
 class AuthenticationCase:
     id: str
-    # WindowPoint: while the payment waits for the customer, who passes while no worker runs.
-    point: StripePoint | LedgerPoint | WindowPoint
+    point: StripePoint | LedgerPoint | AwaitingPoint
+    authenticated: Authenticated  # when the customer passes 3-D Secure
 
 
 AUTHENTICATION_CASES = [
-    *(
-        AuthenticationCase(f"confirm-{when}", StripePoint("payment_intents.confirm", when))
-        for when in ("before", "after")
+    AuthenticationCase(
+        "confirmed-on-session", StripePoint("payment_intents.confirm", "after"), "after-the-restart"
     ),
     *(
-        AuthenticationCase(f"{source}-{target}-{when}", LedgerPoint(source, target, when))
-        for source, target in ((S.PENDING, S.ACTION_REQUIRED), (S.ACTION_REQUIRED, S.AUTHORIZED))
+        AuthenticationCase(
+            f"pending-action_required-{when}",
+            LedgerPoint(S.PENDING, S.ACTION_REQUIRED, when),
+            "after-the-restart",
+        )
         for when in ("before", "after")
     ),
-    AuthenticationCase("waiting-for-the-customer", WindowPoint()),
+    AuthenticationCase("awaiting-authentication", AwaitingPoint(), "while-no-worker-runs"),
+    *(
+        AuthenticationCase(
+            f"action_required-authorized-{when}",
+            LedgerPoint(S.ACTION_REQUIRED, S.AUTHORIZED, when),
+            "before-the-kill",
+        )
+        for when in ("before", "after")
+    ),
 ]
 
 
-def asking_for_3d_secure(scene: Scene) -> None:
-    """Payments the scene bills wait an hour for the customer: longer than any test, so
-    only the webhook (or the customer's cancel) ends the wait."""
-    scene.settings = scene.settings.model_copy(update={"authentication_window": timedelta(hours=1)})
-
-
-async def customer_passes(scene: Scene, payment_id: str) -> None:
-    """Once the payment asks, its customer passes 3-D Secure through the recorded URL."""
-    await wait_for_status(scene.pool, payment_id, S.ACTION_REQUIRED)
-    record = await scene.ledger.payment(payment_id)
-    assert record is not None
-    await pass_3d_secure(record)
+def authenticating(settings: Settings) -> Settings:
+    return settings.model_copy(update={"authentication_window": AUTHENTICATION_WINDOW})
 
 
 @pytest.mark.parametrize("case", AUTHENTICATION_CASES, ids=[c.id for c in AUTHENTICATION_CASES])
 async def test_sigkill_during_3d_secure(
-    case: AuthenticationCase, scene: Scene, hooks: Hooks, database_url: str
+    case: AuthenticationCase, scene: Scene, database_url: str
 ) -> None:
-    """Killed around the on-session confirm, around the ledger's moves into and out of
-    `action_required`, and while waiting for the customer: one PaymentIntent, captured once
-    after the customer passed, nothing left waiting or held."""
-    asking_for_3d_secure(scene)
+    """The bank asks for authentication; the worker is killed once Stripe confirmed the
+    intent on-session, around the ledger's `action_required`, while the payment waits, or
+    around the authorization once the customer passed. The one intent is captured once."""
     await scene.customer(NEEDS_3DS)
     trap = LedgerTrap(database_url)
     scene.workers.start()
     point = case.point
     if isinstance(point, StripePoint):
         scene.sandbox.add_hook(point.endpoint, point.when, scene.kill)
-        if point.when == "before":  # Stripe never executes this first request
-            scene.sandbox.add_fault(FaultRule("error_before", endpoint=point.endpoint, nth=1))
     elif isinstance(point, LedgerPoint):
         await trap.arm(point.source, point.target, point.when)
-    passed = False
+    payment = await scene.bill(settings=authenticating(scene.settings))
+    handle = scene.handle(payment.id)
     try:
-        async with hooks.receiving():
-            payment = await scene.bill()
-            handle = scene.handle(payment.id)
-            if isinstance(point, LedgerPoint):
-                if point.source == S.ACTION_REQUIRED:  # moving out needs the customer first
-                    await customer_passes(scene, payment.id)
-                    passed = True
-                backend = await trap.wait_until_trapped()
-                scene.kill()
-                await asyncio.to_thread(scene.workers.started[-1].wait, 30)
-                await trap.release(backend)
-                reached = point.source if point.when == "before" else point.target
-                assert await payment_status(scene.pool, payment.id) == reached
-            elif isinstance(point, WindowPoint):
-                await wait_for_status(scene.pool, payment.id, S.ACTION_REQUIRED)
-                scene.kill()
-            await scene.dead()
-            if isinstance(point, WindowPoint):
-                await customer_passes(scene, payment.id)
-                passed = True
-            await scene.restart(handle)
-            if not passed:
-                await customer_passes(scene, payment.id)
-            result = await scene.result(handle)
-            await hooks.idle()
+        if case.authenticated == "before-the-kill":
+            await scene.authenticate(payment.id)
+        if isinstance(point, LedgerPoint):
+            backend = await trap.wait_until_trapped()
+            scene.kill()
+            await asyncio.to_thread(scene.workers.started[-1].wait, 30)
+            await trap.release(backend)
+            reached = point.source if point.when == "before" else point.target
+            assert await payment_status(scene.pool, payment.id) == reached
+        elif isinstance(point, AwaitingPoint):
+            await wait_for_status(scene.pool, payment.id, S.ACTION_REQUIRED)
+            await wait_for_event(handle, EventType.EVENT_TYPE_TIMER_STARTED)
+            scene.kill()
+        await scene.dead()
+        if case.authenticated == "while-no-worker-runs":
+            await scene.authenticate(payment.id)
+        await scene.restart(handle)
+        if case.authenticated == "after-the-restart":
+            await scene.authenticate(payment.id)
+        result = await scene.result(handle)
     finally:
         await trap.close()
 
     assert result.status == S.SUCCEEDED, result
-    record = await scene.assert_ended(payment.id, S.SUCCEEDED, created=1, captured=1)
-    assert record.next_action_url is None
-    moves = [(e.from_status, e.to_status) for e in await scene.ledger.events(payment.id)]
-    assert moves.count((S.PENDING, S.ACTION_REQUIRED)) == 1
-    assert moves.count((S.ACTION_REQUIRED, S.AUTHORIZED)) == 1
+    await scene.assert_ended(payment.id, S.SUCCEEDED, created=1, captured=1)
     assert await scene.reconcile() == 0
 
 
-async def test_terminate_while_waiting_for_3d_secure_then_bill_asks_with_the_same_intent(
-    scene: Scene, hooks: Hooks
+# Stripe forgets an idempotency key after 24 hours; a customer may take days to authenticate.
+KEYS_FORGOTTEN = timedelta(hours=25)
+
+
+@pytest.mark.parametrize(
+    ("authenticated", "keys_forgotten"),
+    [("before-bill", False), ("after-bill", False), ("after-bill", True)],
+    ids=["authenticated-before-bill", "authenticated-after-bill", "after-stripe-forgot-the-keys"],
+)
+async def test_terminate_while_awaiting_authentication_then_bill_resumes_the_same_intent(
+    scene: Scene, authenticated: str, keys_forgotten: bool
 ) -> None:
-    """Terminated while the customer has not authenticated yet, the payment is stranded
-    `action_required`. The run `bill` starts replays the declined authorization and the
-    on-session confirm under their keys, so it waits on the same PaymentIntent; once the
-    customer passes it captures that one, once."""
-    asking_for_3d_secure(scene)
+    """Terminated while it waits `action_required` (a stranded payment), the payment is
+    resumed by `bill`: the new run makes no second PaymentIntent, and captures the one the
+    customer authenticates, before `bill` or while the new run waits for them, also once
+    Stripe has forgotten the keys of the first run's requests."""
     await scene.customer(NEEDS_3DS)
     scene.workers.start()
+    settings = authenticating(scene.settings)
+    payment = await scene.bill(settings=settings)
+    handle = scene.handle(payment.id)
+    await wait_for_status(scene.pool, payment.id, S.ACTION_REQUIRED)
+    await wait_for_event(handle, EventType.EVENT_TYPE_TIMER_STARTED)
+    first_run = (await handle.describe()).run_id
+    await handle.terminate(reason="an operator, from the Web UI")
+    if keys_forgotten:
+        scene.sandbox.clock.advance(KEYS_FORGOTTEN)
+    if authenticated == "before-bill":
+        await scene.authenticate(payment.id)
+    assert (await scene.bill(settings=settings)).id == payment.id
+    run = await wait_for_new_run(handle, first_run)
+    if authenticated == "after-bill":
+        resumed = scene.client.get_workflow_handle(handle.id, run_id=run)
+        await wait_for_event(resumed, EventType.EVENT_TYPE_TIMER_STARTED)
+        await scene.authenticate(payment.id)
+    result = await scene.result(handle)
+
+    assert result.status == S.SUCCEEDED, result
+    await scene.assert_ended(payment.id, S.SUCCEEDED, created=1, captured=1)
+    assert await scene.reconcile() == 0
+
+
+async def test_a_webhook_that_arrives_while_no_worker_runs_wakes_the_payment(
+    scene: Scene, hooks: Hooks
+) -> None:
+    """Killed while waiting an hour for the customer, who passes while no worker runs: the
+    receiver's signal waits in the history, and the fresh worker captures at once, long
+    before the hourly read."""
+    await scene.customer(NEEDS_3DS)
+    scene.workers.start()
+    waiting_an_hour = scene.settings.model_copy(
+        update={"authentication_window": timedelta(hours=1)}
+    )
     async with hooks.receiving():
-        payment = await scene.bill()
+        payment = await scene.bill(settings=waiting_an_hour)
         handle = scene.handle(payment.id)
         await wait_for_status(scene.pool, payment.id, S.ACTION_REQUIRED)
-        first_run = (await handle.describe()).run_id
-        await handle.terminate(reason="an operator, from the Web UI")
-        assert await scene.reconcile() == 1  # stranded
-        await scene.bill()
-        resumed = scene.handle(payment.id)
-        assert (await resumed.describe()).run_id != first_run
-        for _ in range(HOLD_TIMEOUT_S * 10):  # asked again, before the customer passes
-            if await resumed.query("current_step") == "waiting_for_authentication":
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the resumed run never waited for the customer")
-        await customer_passes(scene, payment.id)
-        result = await scene.result(resumed)
-        await hooks.idle()
+        await wait_for_event(handle, EventType.EVENT_TYPE_TIMER_STARTED)
+        scene.kill()
+        await scene.dead()
+        await scene.authenticate(payment.id)
+        await hooks.idle()  # the event is handed to the workflow while no worker runs
+        await scene.restart(handle)
+        result = await scene.result(handle)
 
-    assert result.status == S.SUCCEEDED
-    record = await scene.assert_ended(payment.id, S.SUCCEEDED, created=1, captured=1)
-    [intent] = scene.sandbox.payment_intents()
-    assert record.stripe_payment_intent_id == intent["id"]
+    assert result.status == S.SUCCEEDED, result
+    await scene.assert_ended(payment.id, S.SUCCEEDED, created=1, captured=1)
     assert await scene.reconcile() == 0
