@@ -85,7 +85,7 @@ from local_stack.temporal import EmbeddedTemporal
 from starter import execute
 from stripe_sandbox import FaultRule, Sandbox
 from stripe_sandbox.webhook_faults import WebhookFaultRule
-from stripe_sandbox.webhooks import WebhookSettings
+from stripe_sandbox.webhooks import WebhookDispatcher, WebhookSettings
 from temporal_ops import billing_run, run_progress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,15 +110,13 @@ WORKER_STOP_TIMEOUT_S = 30
 # A process that exits on its own (PostgreSQL or Temporal down at its start) is started again
 # at most this often.
 RESPAWN_GAP_S = 1.0
-# The receiver's SIGKILL waits at most this long for a delivery in flight.
-RECEIVER_KILL_WAIT_S = 10.0
 # How long one `refund` command waits for Stripe's answer (it goes on either way), and how
 # often it is run again when it was refused or cut off before a refund of the payment ended.
 REFUND_WAIT_S = 10
 REFUND_ATTEMPTS = 10
-# Webhook retries outlast a receiver or PostgreSQL down for a while: 0.5 s doubling, 8
-# attempts, about 64 s from the first to the last.
-WEBHOOK_DELIVERY = WebhookSettings(retry_base_ms=500, max_attempts=8, timeout_ms=5000)
+# Webhook retries outlast a receiver or PostgreSQL down for a while: 0.25 s doubling, 9
+# attempts, about 64 s from the first to the last (Stripe's own go on for 3 days).
+WEBHOOK_DELIVERY = WebhookSettings(retry_base_ms=250, max_attempts=9, timeout_ms=5000)
 T = TypeVar("T")
 
 out = Console(soft_wrap=True)
@@ -154,10 +152,10 @@ class Config:
     refund_share: float = 0.1
     refund_from_s: float = 4.0
     refund_until_s: float = 24.0
-    # The webhook receiver is SIGKILLed once, at this time into the chaos or as soon after as
-    # a delivery is in flight, and started again receiver_down_s later.
+    # The webhook receiver is SIGKILLed once, at this time into the chaos, and started again
+    # once a delivery has failed against it, at most receiver_down_max_s later.
     receiver_kill_at_s: float = 10.0
-    receiver_down_s: float = 3.0
+    receiver_down_max_s: float = 15.0
     webhook_drop_share: float = 0.03
     webhook_duplicate_share: float = 0.1
     webhook_delay_share: float = 0.1
@@ -288,6 +286,46 @@ class Respawned:
 
 # What a call meets while PostgreSQL or Temporal restarts.
 RESTARTING = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RPCError, RuntimeError)
+
+
+class ReceiverOutage:
+    """The webhook receiver's one SIGKILL during the chaos: at `kill_at`, and kept down until
+    a delivery attempt has failed against it (so Stripe's retries have work to do), at most
+    `down_max_s`; the receiver is kept running before and after."""
+
+    def __init__(
+        self,
+        receiver: Respawned,
+        hooks: WebhookDispatcher,
+        kill_at: float,
+        down_max_s: float,
+        note: Callable[[str], None],
+    ) -> None:
+        self.receiver = receiver
+        self.hooks = hooks
+        self.kill_at = kill_at
+        self.down_max_s = down_max_s
+        self.note = note
+        self.down_since: float | None = None
+        self.failures_before = 0
+        self.over = False
+
+    def tick(self, now: float) -> None:
+        if self.down_since is None and now >= self.kill_at and not self.over:
+            self.failures_before = self.hooks.stats()["failures"]
+            self.receiver.kill()
+            self.down_since = now
+            self.note("webhook receiver SIGKILL")
+        if self.down_since is not None:
+            failed = self.hooks.stats()["failures"] - self.failures_before
+            if not failed and now - self.down_since < self.down_max_s:
+                return
+            self.note(
+                f"webhook receiver started again after {now - self.down_since:.1f} s, "
+                f"{failed} delivery attempts failed meanwhile"
+            )
+            self.down_since, self.over = None, True
+        self.receiver.ensure_running()
 
 
 async def retried(call: Callable[[], Awaitable[T]], attempts: int = DB_ATTEMPTS) -> T:
@@ -629,9 +667,13 @@ class Soak:
             (config.temporal_restart_at_s, "Temporal restart", self._restart_temporal),
             (config.pg_crash_at_s, "PostgreSQL SIGKILL and start", self._crash_postgres),
         ]
-        # The receiver is SIGKILLed once, while deliveries are in flight, and kept down a while.
-        receiver_kill: float | None = begin + config.receiver_kill_at_s
-        receiver_back = begin
+        outage = ReceiverOutage(
+            receiver,
+            self.stack.sandbox.webhooks,
+            begin + config.receiver_kill_at_s,
+            config.receiver_down_max_s,
+            self.note,
+        )
         next_kill = begin + self._kill_gap()
         next_status = begin
         remaining = -1
@@ -647,17 +689,7 @@ class Soak:
                 workers.start()
                 next_kill = now + self._kill_gap()
             workers.ensure_running()
-            if receiver_kill is not None and now >= receiver_kill:
-                in_flight = self.stack.sandbox.webhooks.stats()["in_flight"]
-                if in_flight or now >= receiver_kill + RECEIVER_KILL_WAIT_S:
-                    receiver.kill()
-                    receiver_kill, receiver_back = None, now + config.receiver_down_s
-                    self.note(
-                        f"webhook receiver SIGKILL, {in_flight} deliveries in flight; "
-                        f"started again in {config.receiver_down_s:g} s"
-                    )
-            if now >= receiver_back:
-                receiver.ensure_running()
+            outage.tick(now)
             for pid, (when, kind) in list(plan.items()):
                 if now >= when:
                     del plan[pid]
@@ -680,7 +712,7 @@ class Soak:
                 # Terminated payments wait for `bill` after the chaos.
                 ended = open_now is not None and open_now <= self.attempted[TERMINATE]
                 asking = any(not task.done() for task in self.refunding)
-                chaos_done = not restarts and receiver_kill is None and not plan
+                chaos_done = not restarts and outage.over and not plan
                 if ended and chaos_done and not asking:
                     break
             await asyncio.sleep(TICK_S)
@@ -875,6 +907,7 @@ class Soak:
             requested = await retried(lambda: pool.fetchval(REFUNDS_REQUESTED))
             asking = any(not task.done() for task in self.refunding)
             if not (remaining or requested or asking) or time.monotonic() >= deadline:
+                self.note(f"settled: {remaining} payments and {requested} refunds open")
                 return remaining
             running = await retried(lambda: client.count_workflows(RUNNING))
             if not running.count and not asking:
@@ -897,10 +930,7 @@ class Soak:
         while hooks.stats()["in_flight"] and time.monotonic() < deadline:
             receiver.ensure_running()
             await asyncio.sleep(TICK_S)
-        if hooks.stats()["in_flight"]:
-            self.note(
-                f"webhook deliveries still in flight after {self.config.webhook_settle_max_s:g} s"
-            )
+        self.note(f"webhook deliveries over, {hooks.stats()['in_flight']} still in flight")
 
     async def _verify(
         self,
