@@ -70,9 +70,11 @@ bench-sandbox: venv
 clean: down
 	rm -rf .data
 
-# Chaos soak: N payments (default 500) while the worker is SIGKILLed every few seconds,
-# PostgreSQL and the Temporal dev server restart and the sandbox injects faults; exits 1 on any
-# double charge, lost or stuck payment or orphan. `make chaos N=60` for a short run.
+# Chaos soak: N payments (default 500), some refunded or disputed, while the worker is SIGKILLed
+# every few seconds, PostgreSQL and the Temporal dev server restart, the webhook receiver is
+# killed once and the sandbox injects faults (webhook deliveries too); exits 1 on any double
+# charge or refund, lost or stuck payment or refund, orphan, or webhook event not handed on.
+# `make chaos N=60` for a short run.
 .PHONY: chaos
 chaos: venv
 	$(PY) -m bench.chaos $(if $(filter command line environment,$(origin N)),--n $(N))

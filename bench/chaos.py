@@ -9,13 +9,23 @@
   request (the Web UI's "Request Cancellation"), a terminate, and `customers import` of the
   customer again with its email's case changed; after the chaos `bill` runs again and resumes
   the terminated ones.
+- Operators refund some payments once they succeed, with `starter.py refund`: in full, in part
+  (`--amount`), and for a few the same full refund twice at once and once more afterwards.
+- Some customers pay with the dispute test card: their captures are disputed at once.
+- The webhook receiver (`python -m billing.webhooks`) is registered as the sandbox's endpoint
+  for the event types it handles; deliveries are dropped, duplicated, delayed and reordered,
+  and the receiver is SIGKILLed once and started again.
 
 Every loop is bounded in count and time. At the end it prints a table and exits 1 if any
 payment was double charged, lost, stuck or left an orphan authorization, if a workflow closed
 without ending its payment other than by our terminates, if a Stripe customer was captured
 more than once in the period or for another amount than the ledger received, if a re-import
-added a customer or a payment, if `reconcile` is not clean, or if the sandbox's captured total
-differs from the ledger's succeeded total.
+added a customer or a payment, if `reconcile` is not clean, if the sandbox's captured total
+differs from the ledger's captured total, on a double refund (Stripe holds more refunds of a
+payment than the ledger's succeeded ones, two carry the same refund n, or a repeated command
+made a second refund), if the refunded totals differ, if a refund is left `requested` or its
+workflow running, or if a stored webhook event was never handed on once the deliveries, retries
+included, are over.
 
     python -m bench.chaos --n 500        # `make chaos N=500`
 """
@@ -37,28 +47,45 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import stripe
 from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowQueryFailedError,
+)
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
-from billing.constants import TERMINAL_STATUSES, PaymentStatus, workflow_id
+from billing.constants import (
+    CAPTURED_STATUSES,
+    TERMINAL_STATUSES,
+    PaymentStatus,
+    RefundStatus,
+    workflow_id,
+)
 from billing.durations import parse_duration
 from billing.ledger import Ledger, ReconcileLedger, migrate, open_pool
-from billing.models import NewCustomer
+from billing.ledger_refunds import RefundLedger
+from billing.models import NewCustomer, RefundRecord
+from billing.money import format_amount
 from billing.reconcile import reconcile
-from billing.settings import Settings
+from billing.settings import WEBHOOK_PATH, Settings
 from billing.stripe_client import make_stripe_client
+from billing.stripe_event_facts import HANDLED_TYPES
+from local_stack.ports import LOOPBACK, free_port
 from local_stack.postgres import EmbeddedPostgres
 from local_stack.temporal import EmbeddedTemporal
 from starter import execute
 from stripe_sandbox import FaultRule, Sandbox
+from stripe_sandbox.webhook_faults import WebhookFaultRule
+from stripe_sandbox.webhooks import WebhookDispatcher, WebhookSettings
 from temporal_ops import billing_run, run_progress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,15 +95,28 @@ STRIPE_KEY = "sk_test_chaos"
 VISA = "pm_card_visa"
 HARD_DECLINE = "pm_card_chargeDeclined"
 SOFT_DECLINE = "pm_card_chargeDeclinedInsufficientFunds"
+DISPUTE = "pm_card_createDispute"  # pays, then the capture is disputed (chargeback)
+PAYING_CARDS = frozenset({VISA, DISPUTE})
 SEED_CONCURRENCY = 16
 TICK_S = 0.2
 RUNNING = f'TaskQueue="{TASK_QUEUE}" AND ExecutionStatus="Running"'
+REFUNDS_RUNNING = f'{RUNNING} AND WorkflowType="RefundWorkflow"'
 CLOSED = f'TaskQueue="{TASK_QUEUE}" AND ExecutionStatus!="Running"'
 STATUS_EVERY_S = 1.0
 SIGNAL_ATTEMPTS = 5
 BILL_ATTEMPTS = 10
 DB_ATTEMPTS = 50
 WORKER_STOP_TIMEOUT_S = 30
+# A process that exits on its own (PostgreSQL or Temporal down at its start) is started again
+# at most this often.
+RESPAWN_GAP_S = 1.0
+# How long one `refund` command waits for Stripe's answer (it goes on either way), and how
+# often it is run again when it was refused or cut off before a refund of the payment ended.
+REFUND_WAIT_S = 10
+REFUND_ATTEMPTS = 10
+# Webhook retries outlast a receiver or PostgreSQL down for a while: 0.25 s doubling, 9
+# attempts, about 64 s from the first to the last (Stripe's own go on for 3 days).
+WEBHOOK_DELIVERY = WebhookSettings(retry_base_ms=250, max_attempts=9, timeout_ms=5000)
 T = TypeVar("T")
 
 out = Console(soft_wrap=True)
@@ -105,6 +145,23 @@ class Config:
     terminate_share: float = 0.02
     reimport_share: float = 0.02
     operator_window_s: float = 20.0
+    # Refunds go to this share of the payments whose card pays (at least three: in full, in
+    # part, and in full repeated), each once its payment has succeeded, from refund_from_s to
+    # refund_until_s into the chaos (the later ones meet the Temporal restart and the
+    # PostgreSQL SIGKILL).
+    refund_share: float = 0.1
+    refund_from_s: float = 4.0
+    refund_until_s: float = 24.0
+    # The webhook receiver is SIGKILLed once, at this time into the chaos, and started again
+    # once a delivery has failed against it, at most receiver_down_max_s later.
+    receiver_kill_at_s: float = 10.0
+    receiver_down_max_s: float = 15.0
+    webhook_drop_share: float = 0.03
+    webhook_duplicate_share: float = 0.1
+    webhook_delay_share: float = 0.1
+    webhook_delay_ms: int = 1500
+    webhook_reorder_share: float = 0.05
+    webhook_settle_max_s: float = 120.0
     capture_delay: str = "2s"
     dunning: str = "2s"
     latency_share: float = 0.2
@@ -120,9 +177,6 @@ class Config:
 
 @dataclass
 class Tally:
-    kills: int = 0
-    worker_starts: int = 0
-    worker_exits: int = 0  # exits we did not cause, e.g. Temporal down at start
     pg_restarts: int = 0
     temporal_restarts: int = 0
     cancels_sent: int = 0
@@ -130,17 +184,23 @@ class Tally:
     terminates_sent: int = 0
     resumed_by_bill: int = 0
     reimports: int = 0
+    refund_commands: int = 0  # `refund` runs, repeats and runs again after an error included
+    refunds_asked: int = 0  # payments a refund was asked for
+    repeated_refunds: int = 0  # payments whose full refund was asked again on purpose
     neighbour_requests: int = 0
     neighbour_429s: int = 0
     events: list[str] = field(default_factory=list)
 
 
 def card_of(number: int) -> str:
-    """Mostly cards that pay; one in twenty hard-declines, one in twenty soft-declines."""
+    """Mostly cards that pay; one in twenty hard-declines, one in twenty soft-declines, and one
+    in twenty pays and is disputed."""
     if number % 20 == 0:
         return HARD_DECLINE
     if number % 20 == 1:
         return SOFT_DECLINE
+    if number % 20 == 2:
+        return DISPUTE
     return VISA
 
 
@@ -151,7 +211,9 @@ class Stack:
         self.root = Path(tempfile.mkdtemp(prefix="billing-chaos-"))
         self.postgres = EmbeddedPostgres(self.root / "postgres")
         self.temporal = EmbeddedTemporal(self.root / "temporal")
-        self.sandbox = Sandbox(mode="test", rate_limits=False, seed=config.seed)
+        self.sandbox = Sandbox(
+            mode="test", rate_limits=False, seed=config.seed, webhook_settings=WEBHOOK_DELIVERY
+        )
         self.keep = config.keep
 
     async def start(self) -> None:
@@ -173,33 +235,41 @@ class Stack:
                     shutil.rmtree(self.root, ignore_errors=True)
 
 
-class Workers:
-    """One `python worker.py` at a time, all writing to one log."""
+class Respawned:
+    """One process of `argv` at a time (the worker, the webhook receiver), all its runs
+    writing to one log; counts its starts, our SIGKILLs and the exits we did not cause."""
 
-    def __init__(self, environ: dict[str, str], log_path: Path, tally: Tally) -> None:
+    def __init__(self, argv: list[str], environ: dict[str, str], log_path: Path) -> None:
+        self.argv = argv
         self.environ = environ
         self.log_path = log_path
-        self.tally = tally
         self.current: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.starts = 0
+        self.kills = 0
+        self.exits = 0  # exits we did not cause, e.g. Temporal down at start
 
     def start(self) -> None:
         with self.log_path.open("ab") as sink:
             self.current = subprocess.Popen(
-                [sys.executable, "worker.py"], cwd=ROOT, env=self.environ, stdout=sink, stderr=sink
+                self.argv, cwd=ROOT, env=self.environ, stdout=sink, stderr=sink
             )
-        self.tally.worker_starts += 1
+        self.started_at = time.monotonic()
+        self.starts += 1
 
     def ensure_running(self) -> None:
         if self.current is None or self.current.poll() is not None:
+            if time.monotonic() - self.started_at < RESPAWN_GAP_S:
+                return
             if self.current is not None:
-                self.tally.worker_exits += 1
+                self.exits += 1
             self.start()
 
     def kill(self) -> None:
         if self.current is not None and self.current.poll() is None:
             self.current.kill()
             self.current.wait(timeout=WORKER_STOP_TIMEOUT_S)
-            self.tally.kills += 1
+            self.kills += 1
         self.current = None
 
     def stop(self) -> None:
@@ -214,12 +284,56 @@ class Workers:
         self.current = None
 
 
+# What a call meets while PostgreSQL or Temporal restarts.
+RESTARTING = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RPCError, RuntimeError)
+
+
+class ReceiverOutage:
+    """The webhook receiver's one SIGKILL during the chaos: at `kill_at`, and kept down until
+    a delivery attempt has failed against it (so Stripe's retries have work to do), at most
+    `down_max_s`; the receiver is kept running before and after."""
+
+    def __init__(
+        self,
+        receiver: Respawned,
+        hooks: WebhookDispatcher,
+        kill_at: float,
+        down_max_s: float,
+        note: Callable[[str], None],
+    ) -> None:
+        self.receiver = receiver
+        self.hooks = hooks
+        self.kill_at = kill_at
+        self.down_max_s = down_max_s
+        self.note = note
+        self.down_since: float | None = None
+        self.failures_before = 0
+        self.over = False
+
+    def tick(self, now: float) -> None:
+        if self.down_since is None and now >= self.kill_at and not self.over:
+            self.failures_before = self.hooks.stats()["failures"]
+            self.receiver.kill()
+            self.down_since = now
+            self.note("webhook receiver SIGKILL")
+        if self.down_since is not None:
+            failed = self.hooks.stats()["failures"] - self.failures_before
+            if not failed and now - self.down_since < self.down_max_s:
+                return
+            self.note(
+                f"webhook receiver started again after {now - self.down_since:.1f} s, "
+                f"{failed} delivery attempts failed meanwhile"
+            )
+            self.down_since, self.over = None, True
+        self.receiver.ensure_running()
+
+
 async def retried(call: Callable[[], Awaitable[T]], attempts: int = DB_ATTEMPTS) -> T:
     """A read or an idempotent call that may meet PostgreSQL or Temporal restarting."""
     for attempt in range(attempts):
         try:
             return await call()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RPCError, RuntimeError):
+        except RESTARTING:
             if attempt == attempts - 1:
                 raise
             await asyncio.sleep(0.5)
@@ -260,6 +374,32 @@ def add_faults(sandbox: Sandbox, config: Config) -> None:
     sandbox.rate_limits = True
 
 
+def add_webhook_faults(sandbox: Sandbox, config: Config) -> None:
+    hooks = sandbox.webhooks
+    hooks.add_fault(WebhookFaultRule("drop", probability=config.webhook_drop_share))
+    hooks.add_fault(WebhookFaultRule("duplicate", probability=config.webhook_duplicate_share))
+    hooks.add_fault(
+        WebhookFaultRule(
+            "delay", probability=config.webhook_delay_share, delay_ms=config.webhook_delay_ms
+        )
+    )
+    hooks.add_fault(WebhookFaultRule("reorder", probability=config.webhook_reorder_share, hold=3))
+
+
+async def register_receiver(client: stripe.StripeClient, port: int) -> str:
+    """The receiver's webhook endpoint in the sandbox, for the event types it hands on;
+    returns its signing secret."""
+    endpoint = await client.v1.webhook_endpoints.create_async(
+        {
+            "url": f"http://{LOOPBACK}:{port}{WEBHOOK_PATH}",
+            # The SDK types each event type as a Literal; HANDLED_TYPES holds plain strings.
+            "enabled_events": cast(Any, sorted(HANDLED_TYPES)),
+        }
+    )
+    assert endpoint.secret is not None  # returned on creation
+    return endpoint.secret
+
+
 # Emails lower-cased: a re-import may have changed their case.
 PAYMENTS_WITH_CARDS = """
 SELECT p.id::text AS id, p.status, lower(c.email) AS email FROM payments p
@@ -273,11 +413,21 @@ FROM payments p JOIN customers c ON c.id = p.customer_id WHERE p.id = $1::uuid""
 CUSTOMER_PERIODS = """
 SELECT stripe_customer_id, status, amount_received FROM payments WHERE billing_period = $1"""
 
+PAYMENT_TO_REFUND = "SELECT status, amount_received, currency FROM payments WHERE id = $1::uuid"
+
+REFUNDS_REQUESTED = "SELECT count(*) FROM refunds WHERE status = 'requested'"
+
+EVENTS_STORED = "SELECT count(*) AS stored, count(handed_at) AS handed FROM stripe_events"
+
 # What operators do to a payment's workflow during the chaos.
 CANCEL_SIGNAL = "cancel signal"
 CANCEL_REQUEST = "Temporal cancellation request"
 TERMINATE = "terminate"
 REIMPORT = "re-import, email case changed"
+REFUND_FULL = "refund in full"
+REFUND_PART = "refund in part"
+REFUND_TWICE = "refund in full, asked twice at once and once more after"
+REFUND_KINDS = (REFUND_TWICE, REFUND_PART, REFUND_FULL)
 
 
 async def launched(client: Client, within_s: float = 300) -> None:
@@ -302,7 +452,7 @@ def customer_period_breaches(
 ) -> tuple[int, int]:
     """From the sandbox's own records, per (Stripe customer, period): how many were captured
     more than once, and how many captured another amount than the ledger's amount_received
-    (none where the payment did not succeed)."""
+    (none where the payment captured nothing)."""
     captured: dict[tuple[str, str], list[int]] = {}
     for intent in intents:
         if intent["status"] == "succeeded":
@@ -310,7 +460,7 @@ def customer_period_breaches(
             captured.setdefault(key, []).append(intent["amount_received"])
     received = {
         (r["stripe_customer_id"], PERIOD): (r["amount_received"] or 0)
-        if r["status"] == PaymentStatus.SUCCEEDED
+        if PaymentStatus(r["status"]) in CAPTURED_STATUSES
         else 0
         for r in rows
     }
@@ -319,6 +469,41 @@ def customer_period_breaches(
         sum(captured.get(key, [])) != received.get(key, 0) for key in captured.keys() | received
     )
     return twice, differ
+
+
+@dataclass(frozen=True)
+class RefundFigures:
+    made: int  # refunds the ledger records succeeded
+    at_stripe: int  # refunds Stripe made
+    doubled: int  # payments refunded twice (see refund_figures)
+    ledger_total: int
+    stripe_total: int
+    stuck: int  # refunds still `requested`
+
+
+def refund_figures(stripe_refunds: list[dict[str, Any]], rows: list[RefundRecord]) -> RefundFigures:
+    """Stripe's refunds (the sandbox's own records) against the ledger's. A payment is refunded
+    twice when Stripe holds more refunds of it than the ledger's succeeded ones, when two of
+    its Stripe refunds carry the same refund n, or when the ledger holds more than one refund
+    of it not failed (the soak asks each payment for one refund: a repeated command must
+    attach to it or be refused, never make a second)."""
+    made = [r for r in stripe_refunds if r["status"] == "succeeded"]
+    succeeded = [r for r in rows if r.status == RefundStatus.SUCCEEDED]
+    at_stripe = Counter(r["metadata"].get("payment_id") for r in made)
+    in_ledger = Counter(r.payment_id for r in succeeded)
+    by_n = Counter((r["metadata"].get("payment_id"), r["metadata"].get("refund_n")) for r in made)
+    kept = Counter(r.payment_id for r in rows if r.status != RefundStatus.FAILED)
+    doubled = {pid for pid, count in at_stripe.items() if count > in_ledger[pid]}
+    doubled |= {pid for (pid, _), count in by_n.items() if count > 1}
+    doubled |= {pid for pid, count in kept.items() if count > 1}
+    return RefundFigures(
+        made=len(succeeded),
+        at_stripe=len(made),
+        doubled=len(doubled),
+        ledger_total=sum(r.amount for r in succeeded),
+        stripe_total=sum(r["amount"] for r in made),
+        stuck=sum(r.status == RefundStatus.REQUESTED for r in rows),
+    )
 
 
 class Soak:
@@ -331,6 +516,9 @@ class Soak:
         # Payments each operator action was sent to, whether or not it reached the workflow
         # (an answer lost in a Temporal restart): they may have taken effect.
         self.attempted: dict[str, set[str]] = {}
+        self.refunds_planned = 0
+        # The refund commands in flight: they wait for Stripe, so they run beside the chaos.
+        self.refunding: set[asyncio.Task[None]] = set()
 
     def note(self, what: str) -> None:
         line = f"[{time.monotonic() - self.started:7.1f}s] {what}"
@@ -348,8 +536,9 @@ class Soak:
         self, rows: list[asyncpg.Record], cards: dict[str, str]
     ) -> dict[str, tuple[float, str]]:
         """Which payments operators act on, and when (seconds into the chaos): disjoint sets,
-        at least one payment each. Cancels go to cards that pay; a terminate or a re-import of
-        the customer to any payment."""
+        at least one payment each. Cancels and refunds go to cards that pay (not the disputed
+        ones: a chargeback takes the money a refund would give back); a terminate or a
+        re-import of the customer to any payment."""
         config = self.config
         payable = [r["id"] for r in rows if cards[r["email"]] == VISA]
         others = [r["id"] for r in rows if cards[r["email"]] != VISA]
@@ -365,6 +554,12 @@ class Soak:
             payable = [p for p in payable if p not in chosen]
             others = [p for p in others if p not in chosen]
             plan |= {pid: (self.rng.uniform(1, config.operator_window_s), kind) for pid in chosen}
+        # Refunds, among the payable ones left: in full repeated, in part, in full, in turn.
+        count = min(len(payable), max(len(REFUND_KINDS), int(len(rows) * config.refund_share)))
+        for i, pid in enumerate(self.rng.sample(payable, count)):
+            when = self.rng.uniform(config.refund_from_s, config.refund_until_s)
+            plan[pid] = (when, REFUND_KINDS[i % len(REFUND_KINDS)])
+        self.refunds_planned = count
         return plan
 
     async def _run(self) -> int:
@@ -386,16 +581,31 @@ class Soak:
             "TASK_QUEUE": TASK_QUEUE,
             "METRICS_PORT": "0",  # 9464 may be the embedded stack's worker's
         }
+        receiver_port = free_port()
+        secret = await register_receiver(make_stripe_client(settings), receiver_port)
+        receiver_environ = {
+            **environ,
+            "WEBHOOK_HOST": LOOPBACK,
+            "WEBHOOK_PORT": str(receiver_port),
+            "STRIPE_WEBHOOK_SECRET": secret,
+        }
         client = await Client.connect(
             stack.temporal.address, data_converter=pydantic_data_converter
         )
         pool = await open_pool(database_url, max_size=4)
-        workers = Workers(environ, stack.root / "workers.log", self.tally)
+        workers = Respawned([sys.executable, "worker.py"], environ, stack.root / "workers.log")
+        receiver = Respawned(
+            [sys.executable, "-m", "billing.webhooks"],
+            receiver_environ,
+            stack.root / "webhooks.log",
+        )
         try:
             await migrate(pool)
             self.note(f"seeding {config.n} customers")
             cards = await seed(Ledger(pool), make_stripe_client(settings), config.n)
             add_faults(stack.sandbox, config)
+            add_webhook_faults(stack.sandbox, config)
+            receiver.start()
             # The billing run launches the payments from the worker, at its paced rate.
             workers.start()
             billed = await execute(
@@ -407,17 +617,26 @@ class Soak:
             self.note("billed; chaos begins")
             neighbour = asyncio.create_task(self._neighbour(make_stripe_client(settings)))
             try:
-                await self._chaos(pool, client, settings, workers, cards)
+                await self._chaos(pool, client, settings, workers, receiver, cards)
             finally:
                 neighbour.cancel()
                 await asyncio.gather(neighbour, return_exceptions=True)
             self.note("chaos over; `bill` resumes what was terminated, one worker finishes")
             stranded = await self._stranded(pool, client, self.attempted[TERMINATE])
             await self._bill_again(pool, client, settings, self.attempted[TERMINATE])
-            stuck = await self._settle(pool, client, workers)
+            stuck = await self._settle(pool, client, workers, receiver)
+            raised = await self._refund_commands_ended()
+            await self._settle_webhooks(receiver)
             workers.stop()
-            return await self._verify(pool, client, settings, cards, stuck + stranded)
+            receiver.stop()
+            return await self._verify(
+                pool, client, settings, cards, stuck + stranded, workers, receiver, raised
+            )
         finally:
+            for task in self.refunding:
+                task.cancel()
+            await asyncio.gather(*self.refunding, return_exceptions=True)
+            receiver.kill()
             workers.kill()
             await pool.close()
 
@@ -426,11 +645,13 @@ class Soak:
         pool: asyncpg.Pool,
         client: Client,
         settings: Settings,
-        workers: Workers,
+        workers: Respawned,
+        receiver: Respawned,
         cards: dict[str, str],
     ) -> None:
-        """Kill workers, restart PostgreSQL and Temporal, and act as operators (see
-        self.attempted), until every payment not terminated has ended, at most chaos_s."""
+        """Kill workers and the webhook receiver, restart PostgreSQL and Temporal, and act as
+        operators (see self.attempted), until every payment not terminated has ended and every
+        refund was asked for, at most chaos_s."""
         config = self.config
         begin = time.monotonic()
         rows = await pool.fetch(PAYMENTS_WITH_CARDS, PERIOD)
@@ -438,13 +659,21 @@ class Soak:
             pid: (begin + at, kind) for pid, (at, kind) in self._plan_operators(rows, cards).items()
         }
         self.attempted = {
-            kind: set() for kind in (CANCEL_SIGNAL, CANCEL_REQUEST, TERMINATE, REIMPORT)
+            kind: set()
+            for kind in (CANCEL_SIGNAL, CANCEL_REQUEST, TERMINATE, REIMPORT, *REFUND_KINDS)
         }
         restarts: list[tuple[float, str, Callable[[], None]]] = [
             (config.pg_restart_at_s, "PostgreSQL restart", self._restart_postgres),
             (config.temporal_restart_at_s, "Temporal restart", self._restart_temporal),
             (config.pg_crash_at_s, "PostgreSQL SIGKILL and start", self._crash_postgres),
         ]
+        outage = ReceiverOutage(
+            receiver,
+            self.stack.sandbox.webhooks,
+            begin + config.receiver_kill_at_s,
+            config.receiver_down_max_s,
+            self.note,
+        )
         next_kill = begin + self._kill_gap()
         next_status = begin
         remaining = -1
@@ -460,9 +689,14 @@ class Soak:
                 workers.start()
                 next_kill = now + self._kill_gap()
             workers.ensure_running()
+            outage.tick(now)
             for pid, (when, kind) in list(plan.items()):
                 if now >= when:
                     del plan[pid]
+                    if kind in REFUND_KINDS:
+                        if not await self._refund_once_paid(pool, client, settings, pid, kind):
+                            plan[pid] = (now + 1, kind)  # not succeeded yet: ask again later
+                        continue
                     self.attempted[kind].add(pid)
                     if kind == REIMPORT:
                         await self._reimport(pool, client, settings, pid)
@@ -477,10 +711,12 @@ class Soak:
                 remaining = -1 if open_now is None else len(open_now)
                 # Terminated payments wait for `bill` after the chaos.
                 ended = open_now is not None and open_now <= self.attempted[TERMINATE]
-                if ended and not restarts and not plan:
+                asking = any(not task.done() for task in self.refunding)
+                chaos_done = not restarts and outage.over and not plan
+                if ended and chaos_done and not asking:
                     break
             await asyncio.sleep(TICK_S)
-        self.note(f"{self.tally.kills} kills so far, {remaining} payments open")
+        self.note(f"{workers.kills} kills so far, {remaining} payments open")
 
     async def _neighbour(self, client: stripe.StripeClient) -> None:
         """Reads by another system sharing the account, until cancelled."""
@@ -534,6 +770,84 @@ class Soak:
                     return  # the workflow has closed already
                 await asyncio.sleep(1)  # Temporal restarting
 
+    async def _refund_once_paid(
+        self, pool: asyncpg.Pool, client: Client, settings: Settings, payment_id: str, kind: str
+    ) -> bool:
+        """Start the refund of `kind` once the payment has succeeded; False while it has not
+        (nor ended otherwise) and the refund is to be asked later."""
+        try:
+            row = await pool.fetchrow(PAYMENT_TO_REFUND, payment_id)
+        except RESTARTING:
+            return False  # PostgreSQL restarting
+        assert row is not None
+        status = PaymentStatus(row["status"])
+        if status != PaymentStatus.SUCCEEDED:
+            if status in TERMINAL_STATUSES:
+                self.note(f"{kind}: payment {payment_id} ended {status}, nothing to refund")
+                return True
+            return False
+        self.attempted[kind].add(payment_id)
+        argv = ["refund", payment_id, "--timeout", str(REFUND_WAIT_S)]
+        if kind == REFUND_PART:
+            part = format_amount(max(1, row["amount_received"] // 3), row["currency"])
+            argv += ["--amount", part.replace(",", "")]
+        self.note(f"{kind}: payment {payment_id} ({' '.join(argv[2:])})")
+        task = asyncio.create_task(self._refund(pool, client, settings, argv, kind))
+        self.refunding.add(task)
+        return True
+
+    async def _refund(
+        self, pool: asyncpg.Pool, client: Client, settings: Settings, argv: list[str], kind: str
+    ) -> None:
+        """One refund command, or for REFUND_TWICE the same command twice at once and then
+        once more: a repeat attaches to the refund in flight or is refused, never refunds
+        again."""
+        self.tally.refunds_asked += 1
+        copies = 2 if kind == REFUND_TWICE else 1
+        await asyncio.gather(
+            *(self._refund_command(pool, client, settings, argv) for _ in range(copies))
+        )
+        if kind == REFUND_TWICE:
+            self.tally.repeated_refunds += 1
+            await self._refund_command(pool, client, settings, argv)
+
+    async def _refund_command(
+        self, pool: asyncpg.Pool, client: Client, settings: Settings, argv: list[str]
+    ) -> None:
+        """`refund PAYMENT_ID …`, run again as an operator would while it was refused or cut off
+        (PostgreSQL or Temporal restarting) and no refund of the payment has ended: a refund it
+        reserved is still `requested` then, and the same command attaches to it."""
+        payment_id = argv[1]
+        for _ in range(REFUND_ATTEMPTS):
+            self.tally.refund_commands += 1
+            try:
+                code: int | None = await execute(argv, settings, client)
+            except (*RESTARTING, WorkflowFailureError):
+                code = None
+            if code in (0, 5, 6):  # refunded, refused by Stripe, still in flight
+                return
+            with contextlib.suppress(*RESTARTING):
+                refunds = await RefundLedger(pool).refunds(payment_id)
+                if any(r.status != RefundStatus.REQUESTED for r in refunds):
+                    return  # e.g. a repeat refused: the payment is refunded already
+            await asyncio.sleep(1)
+        self.note(f"refund of payment {payment_id}: no answer after {REFUND_ATTEMPTS} commands")
+
+    async def _refund_commands_ended(self) -> int:
+        """Wait for the refund commands (their refunds have ended, or settle gave up); how
+        many raised an error that a restart does not explain."""
+        if not self.refunding:
+            return 0
+        done, running = await asyncio.wait(self.refunding, timeout=REFUND_WAIT_S)
+        for task in running:
+            task.cancel()
+        raised = 0
+        for task in done:
+            if (err := task.exception()) is not None:
+                self.note(f"a refund command raised {type(err).__name__}: {err}")
+                raised += 1
+        return raised
+
     async def _reimport(
         self, pool: asyncpg.Pool, client: Client, settings: Settings, payment_id: str
     ) -> None:
@@ -582,19 +896,41 @@ class Soak:
             await asyncio.sleep(1)
         raise RuntimeError(f"bill failed {BILL_ATTEMPTS} times")
 
-    async def _settle(self, pool: asyncpg.Pool, client: Client, workers: Workers) -> int:
-        """Wait until every payment ends, or no workflow is left running to end it."""
+    async def _settle(
+        self, pool: asyncpg.Pool, client: Client, workers: Respawned, receiver: Respawned
+    ) -> int:
+        """Wait until every payment and every refund has ended and each refund command has
+        returned, or no workflow is left running to end them. Returns the payments open."""
         deadline = time.monotonic() + self.config.settle_max_s
-        remaining = len(await retried(lambda: open_ids(pool)))
-        while remaining and time.monotonic() < deadline:
-            workers.ensure_running()
-            await asyncio.sleep(STATUS_EVERY_S)
+        while True:
             remaining = len(await retried(lambda: open_ids(pool)))
+            requested = await retried(lambda: pool.fetchval(REFUNDS_REQUESTED))
+            asking = any(not task.done() for task in self.refunding)
+            if not (remaining or requested or asking) or time.monotonic() >= deadline:
+                self.note(f"settled: {remaining} payments and {requested} refunds open")
+                return remaining
             running = await retried(lambda: client.count_workflows(RUNNING))
-            if remaining and not running.count:
-                self.note(f"{remaining} payments open, but no workflow runs any more")
-                break
-        return remaining
+            if not running.count and not asking:
+                self.note(
+                    f"{remaining} payments and {requested} refunds open, "
+                    "but no workflow runs any more"
+                )
+                return remaining
+            workers.ensure_running()
+            receiver.ensure_running()
+            await asyncio.sleep(STATUS_EVERY_S)
+
+    async def _settle_webhooks(self, receiver: Respawned) -> None:
+        """Webhook faults off and the held deliveries sent; then wait, the receiver running,
+        until no delivery is in flight, retries included (each is answered or given up)."""
+        hooks = self.stack.sandbox.webhooks
+        hooks.clear_faults()
+        hooks.release()
+        deadline = time.monotonic() + self.config.webhook_settle_max_s
+        while hooks.stats()["in_flight"] and time.monotonic() < deadline:
+            receiver.ensure_running()
+            await asyncio.sleep(TICK_S)
+        self.note(f"webhook deliveries over, {hooks.stats()['in_flight']} still in flight")
 
     async def _verify(
         self,
@@ -603,6 +939,9 @@ class Soak:
         settings: Settings,
         cards: dict[str, str],
         stuck: int,
+        workers: Respawned,
+        receiver: Respawned,
+        refund_commands_raised: int,
     ) -> int:
         sandbox = self.stack.sandbox
         sandbox.clear_faults()
@@ -628,10 +967,10 @@ class Soak:
         for row in rows:
             record = records[row["id"]]
             charged = bool(captured.get(record.id))
-            should_pay = cards[row["email"]] == VISA and record.id not in cancelled
-            if record.status == PaymentStatus.SUCCEEDED and not charged:
+            should_pay = cards[row["email"]] in PAYING_CARDS and record.id not in cancelled
+            if record.status in CAPTURED_STATUSES and not charged:
                 lost += 1  # recorded as paid, never charged
-            elif charged and record.status != PaymentStatus.SUCCEEDED:
+            elif charged and record.status not in CAPTURED_STATUSES:
                 lost += 1  # charged, not recorded
             elif should_pay and record.status in TERMINAL_STATUSES and not charged:
                 lost += 1  # should have been charged, never was
@@ -639,9 +978,16 @@ class Soak:
         orphans = len(comparison.orphans) + len(comparison.in_flight)
         stripe_total = sum(i["amount_received"] for found in captured.values() for i in found)
         ledger_total = sum(
-            p.amount_received or 0 for p in records.values() if p.status == PaymentStatus.SUCCEEDED
+            p.amount_received or 0 for p in records.values() if p.status in CAPTURED_STATUSES
         )
         statuses = Counter(p.status.value for p in records.values())
+        refund_rows = await retried(lambda: RefundLedger(pool).period_refunds(PERIOD))
+        refunds = refund_figures(sandbox.refunds(), refund_rows)
+        refund_runs = (await retried(lambda: client.count_workflows(REFUNDS_RUNNING))).count
+        events = await retried(lambda: pool.fetchrow(EVENTS_STORED))
+        assert events is not None
+        not_handed = events["stored"] - events["handed"]
+        hooks = stats["webhooks"]
 
         table = Table(title=f"chaos soak: {self.config.n} payments")
         table.add_column("what")
@@ -655,9 +1001,17 @@ class Soak:
         table.add_row("terminated payments resumed by bill", str(self.tally.resumed_by_bill))
         table.add_row("customers re-imported, email case changed", str(self.tally.reimports))
         table.add_row("customer rows", str(customer_rows))
-        table.add_row("worker SIGKILLs", str(self.tally.kills))
-        table.add_row("worker restarts", str(self.tally.worker_starts - 1))
-        table.add_row("worker exits on its own", str(self.tally.worker_exits))
+        table.add_row("refunds asked (payments)", str(self.tally.refunds_asked))
+        table.add_row("  of them full refunds asked again", str(self.tally.repeated_refunds))
+        table.add_row("refund commands run", str(self.tally.refund_commands))
+        table.add_row("refunds made (ledger succeeded)", str(refunds.made))
+        table.add_row("refunds at Stripe", str(refunds.at_stripe))
+        table.add_row("disputes opened", str(len(sandbox.disputes())))
+        table.add_row("worker SIGKILLs", str(workers.kills))
+        table.add_row("worker restarts", str(workers.starts - 1))
+        table.add_row("worker exits on its own", str(workers.exits))
+        table.add_row("webhook receiver SIGKILLs", str(receiver.kills))
+        table.add_row("webhook receiver exits on its own", str(receiver.exits))
         table.add_row("PostgreSQL restarts", str(self.tally.pg_restarts))
         table.add_row("Temporal restarts", str(self.tally.temporal_restarts))
         for kind, count in sorted(stats["faults"].items()):
@@ -669,8 +1023,23 @@ class Soak:
             f"{self.tally.neighbour_requests} ({self.tally.neighbour_429s})",
         )
         table.add_row("Stripe requests", str(stats["requests"]))
+        table.add_row("webhook events (deliveries)", f"{hooks['events']} ({hooks['deliveries']})")
+        for kind, key in (
+            ("drop", "dropped"),
+            ("duplicate", "duplicated"),
+            ("delay", "delayed"),
+            ("reorder", "reordered"),
+        ):
+            table.add_row(f"webhook faults: {kind}", str(hooks[key]))
+        table.add_row(
+            "webhook attempts failed (given up)", f"{hooks['failures']} ({hooks['gave_up']})"
+        )
+        table.add_row("webhook events stored", str(events["stored"]))
+        table.add_row("webhook events handed on", str(events["handed"]))
         table.add_row("captured at Stripe (minor units)", str(stripe_total))
-        table.add_row("succeeded in ledger (minor units)", str(ledger_total))
+        table.add_row("captured in ledger (minor units)", str(ledger_total))
+        table.add_row("refunded at Stripe (minor units)", str(refunds.stripe_total))
+        table.add_row("refunded in ledger (minor units)", str(refunds.ledger_total))
         table.add_row("reconcile", "clean" if comparison.clean else "DISCREPANCIES")
         table.add_row("seconds", f"{time.monotonic() - self.started:.0f}")
         table.add_row("double charges", str(double))
@@ -680,6 +1049,10 @@ class Soak:
         table.add_row("customer-periods captured twice", str(charged_twice))
         table.add_row("customer-periods captured != ledger", str(amount_differs))
         table.add_row("workflows closed without a result", str(unexplained))
+        table.add_row("double refunds", str(refunds.doubled))
+        table.add_row("stuck refunds", str(refunds.stuck))
+        table.add_row("refund workflows still running", str(refund_runs))
+        table.add_row("webhook events not handed on", str(not_handed))
         out.print(table)
 
         problems = []
@@ -695,7 +1068,19 @@ class Soak:
             problems += [f"reconcile: {f.kind.value} {f.intent_id}" for f in comparison.findings]
         if stripe_total != ledger_total:
             problems.append("the sandbox's captured total differs from the ledger's")
-        if self.tally.pg_restarts < 2 or self.tally.temporal_restarts < 1:
+        if refunds.doubled:
+            problems.append("a payment refunded twice")
+        if refunds.stripe_total != refunds.ledger_total:
+            problems.append("the sandbox's refunded total differs from the ledger's")
+        if refunds.stuck or refund_runs:
+            problems.append("a refund left requested, or its workflow still running")
+        if refund_commands_raised:
+            problems.append("a refund command raised an error")
+        if self.refunds_planned and not self.tally.refunds_asked:
+            problems.append("no refund was asked: no payment chosen for one succeeded in time")
+        if not_handed:
+            problems.append("a stored webhook event was never handed on")
+        if self.tally.pg_restarts < 2 or self.tally.temporal_restarts < 1 or receiver.kills < 1:
             problems.append("the restarts did not all happen")
         for problem in problems:
             log.print(f"FAIL: {problem}")
