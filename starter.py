@@ -6,6 +6,7 @@ Bad input gets a one-line error on stderr and exit code 2, with nothing written 
 import argparse
 import asyncio
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -461,12 +462,25 @@ def refund_reason(text: str) -> RefundReason:
         raise CliError(f"invalid reason {text!r}: expected one of {choices}") from None
 
 
+# A request id: printable, no spaces, as a ticket number or a UUID would be.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:/#-]{1,200}")
+
+
+def request_id(text: str) -> str:
+    if not REQUEST_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"invalid request id {text!r}: use 1 to 200 letters, digits or . _ : / # -"
+        )
+    return text
+
+
 async def refund(
     svc: Services,
     payment_id: str,
     *,
     amount: str | None,
     reason: RefundReason,
+    request_id: str | None = None,
     deadline_s: float = REFUND_TIMEOUT_S,
 ) -> int:
     """Reserve the payment's next refund in the ledger, start its workflow (or attach to the
@@ -482,7 +496,9 @@ async def refund(
         raise CliError(str(err)) from err
     client = await svc.temporal()  # before anything is written
     try:
-        reserved = await RefundLedger.sharing_pool_of(svc.ledger).reserve(payment.id, minor, reason)
+        reserved = await RefundLedger.sharing_pool_of(svc.ledger).reserve(
+            payment.id, minor, reason, request_id
+        )
     except (RefundRefused, UnknownPayment) as err:
         raise CliError(str(err)) from err
     r = reserved.refund
@@ -511,6 +527,12 @@ async def refund(
         ) from err
     if reserved.new:
         out.print(f"refund {r.n} of {money} requested: {workflow}", highlight=False)
+    elif r.status != RefundStatus.REQUESTED:
+        out.print(
+            f"request id {request_id} was refund {r.n} of {money}, already {r.status.value}: "
+            "nothing is refunded again",
+            highlight=False,
+        )
     else:
         out.print(f"refund {r.n} of {money} was already in flight: following {workflow}")
     result = await refund_outcome(handle, deadline_s)
@@ -812,6 +834,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Stripe's refund reason (default requested_by_customer)",
     )
     refund_cmd.add_argument(
+        "--request-id",
+        type=request_id,
+        metavar="ID",
+        help="your id for this request (a ticket, say): the same id again never refunds "
+        "twice, even after the refund ended",
+    )
+    refund_cmd.add_argument(
         "--timeout",
         type=positive_seconds,
         default=REFUND_TIMEOUT_S,
@@ -875,6 +904,7 @@ async def dispatch(args: argparse.Namespace, settings: Settings, client: Client 
                 args.payment_id,
                 amount=args.amount,
                 reason=refund_reason(args.reason),
+                request_id=args.request_id,
                 deadline_s=args.timeout,
             )
         elif args.command == "report":

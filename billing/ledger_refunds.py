@@ -41,7 +41,7 @@ FROM payments WHERE id = $1::uuid FOR UPDATE"""
 
 REFUND_COLUMNS = """
 payment_id::text, n, amount, currency, reason, status, stripe_refund_id, failure_code,
-failure_message, created_at, updated_at"""
+failure_message, request_id, created_at, updated_at"""
 
 REFUNDS_OF_PAYMENT = f"SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = $1::uuid ORDER BY n"
 
@@ -49,8 +49,8 @@ LOCK_REFUND = f"""
 SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = $1::uuid AND n = $2 FOR UPDATE"""
 
 INSERT_REFUND = f"""
-INSERT INTO refunds (payment_id, n, amount, currency, reason)
-VALUES ($1::uuid, $2, $3, $4, $5)
+INSERT INTO refunds (payment_id, n, amount, currency, reason, request_id)
+VALUES ($1::uuid, $2, $3, $4, $5, $6)
 RETURNING {REFUND_COLUMNS}"""
 
 REFUND_SUCCEEDED = """
@@ -112,11 +112,17 @@ class RefundLedger:
         return [RefundRecord(**dict(r)) for r in await self._pool.fetch(REFUNDS_OF_PERIOD, period)]
 
     async def reserve(
-        self, payment_id: str, amount: int | None, reason: RefundReason
+        self,
+        payment_id: str,
+        amount: int | None,
+        reason: RefundReason,
+        request_id: str | None = None,
     ) -> Reservation:
         """Reserve the payment's next refund: `amount` in minor units, None for all that
         remains. A refund of the payment still in flight, asked for with the same amount (or
         None) and reason, is returned instead (`new` False): a repeated command attaches to it.
+        With `request_id`, the refund reserved earlier under that id is returned (`new`
+        False), in flight or ended: a repeated request never refunds again.
 
         Raises UnknownPayment, or RefundRefused (writing nothing) when the payment is not
         succeeded or partially_refunded, another refund of it is in flight, or the amount is
@@ -129,7 +135,9 @@ class RefundLedger:
                     raise UnknownPayment(f"unknown payment {payment_id!r}")
                 rows = await conn.fetch(REFUNDS_OF_PAYMENT, payment_id)
                 refunds = [RefundRecord(**dict(r)) for r in rows]
-                refund, new = await self._reserve(conn, payment, refunds, amount, reason)
+                refund, new = await self._reserve(
+                    conn, payment, refunds, amount, reason, request_id
+                )
         except asyncpg.DataError as err:  # not a UUID at all
             raise UnknownPayment(f"unknown payment {payment_id!r}") from err
         return Reservation(
@@ -147,8 +155,19 @@ class RefundLedger:
         refunds: list[RefundRecord],
         amount: int | None,
         reason: RefundReason,
+        request_id: str | None,
     ) -> tuple[RefundRecord, bool]:
         payment_id, currency = payment["id"], payment["currency"]
+        earlier = [r for r in refunds if request_id is not None and r.request_id == request_id]
+        if earlier:
+            [made] = earlier
+            if (amount is not None and amount != made.amount) or reason != made.reason:
+                raise RefundRefused(
+                    f"request id {request_id!r} is refund {made.n} of payment {payment_id} "
+                    f"({_money(made.amount, currency)}, {made.reason}); a different refund "
+                    "needs another request id"
+                )
+            return made, False
         in_flight = [r for r in refunds if r.status == RefundStatus.REQUESTED]
         if in_flight:
             [running] = in_flight
@@ -197,6 +216,7 @@ class RefundLedger:
             amount if amount is not None else remaining,
             currency,
             reason.value,
+            request_id,
         )
         assert row is not None  # INSERT … RETURNING
         return RefundRecord(**dict(row)), True

@@ -453,6 +453,7 @@ class RefundRecord(Frozen):
     stripe_refund_id: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
+    request_id: str | None = None  # the id `refund --request-id` gave, if any
     created_at: datetime
     updated_at: datetime
 

@@ -139,3 +139,25 @@ async def test_a_repeated_refund_of_everything_joins_the_one_in_flight(pool: asy
     everything = await refunds.reserve(payment_id, None, BY_CUSTOMER)
     again = await refunds.reserve(payment_id, None, BY_CUSTOMER)
     assert (again.refund.n, again.refund.amount, again.new) == (2, everything.refund.amount, False)
+
+
+async def test_a_request_id_names_one_refund_in_flight_or_ended(pool: asyncpg.Pool) -> None:
+    """Without an id, a partial refund asked again after it ended is a second refund; with
+    the same request id it is the first one, whatever became of it, and never another."""
+    payment_id = await captured_payment(pool)
+    refunds = RefundLedger(pool)
+    first = await refunds.reserve(payment_id, 300, BY_CUSTOMER, "ticket-42")
+    assert (first.refund.n, first.new, first.refund.request_id) == (1, True, "ticket-42")
+    again = await refunds.reserve(payment_id, 300, BY_CUSTOMER, "ticket-42")
+    assert (again.refund.n, again.new) == (1, False)
+    await refunds.record_succeeded(payment_id, 1, "re_1", 300)
+    ended = await refunds.reserve(payment_id, 300, BY_CUSTOMER, "ticket-42")
+    assert (ended.refund.n, ended.new, ended.refund.status) == (1, False, RefundStatus.SUCCEEDED)
+    assert (await refunds.reserve(payment_id, None, BY_CUSTOMER, "ticket-42")).refund.n == 1
+    with pytest.raises(RefundRefused, match="a different refund needs another request id"):
+        await refunds.reserve(payment_id, 200, BY_CUSTOMER, "ticket-42")
+    with pytest.raises(RefundRefused, match="a different refund needs another request id"):
+        await refunds.reserve(payment_id, 300, RefundReason.DUPLICATE, "ticket-42")
+    other = await refunds.reserve(payment_id, 300, BY_CUSTOMER, "ticket-43")
+    assert (other.refund.n, other.new) == (2, True)
+    assert [r.amount for r in await refunds.refunds(payment_id)] == [300, 300]

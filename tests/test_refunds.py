@@ -354,3 +354,38 @@ async def test_a_refund_found_failed_at_stripe_is_recorded_as_a_refusal(
     assert after is not None and after.status == S.REFUNDED
     assert sorted(stripe_refunds(sandbox, payment)) == [(CAPTURED, "1"), (CAPTURED, "2")]
     assert await execute(["reconcile", PERIOD], settings, temporal_env.client) == 0
+
+
+async def test_a_partial_refund_repeated_with_its_request_id_refunds_once(
+    temporal_env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    sandbox: Sandbox,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An operator re-runs a partial refund after it ended (say its first run timed out at
+    the prompt): with the same --request-id nothing is refunded again; another id is another
+    refund; a bad id is refused with one line."""
+    payment = await bill_one(temporal_env, pool, sandbox, settings)
+    ticket = ["--amount", "5.00", "--request-id", "ticket-42"]
+    async with running_worker(settings, temporal_env.client):
+        assert await refund(temporal_env, settings, payment.id, *ticket) == 0
+        assert await refund(temporal_env, settings, payment.id, *ticket) == 0
+        assert "nothing is refunded again" in capsys.readouterr().out
+        assert (
+            await refund(
+                temporal_env, settings, payment.id, "--amount", "6", "--request-id", "ticket-42"
+            )
+            == 2
+        )
+        assert "another request id" in one_line_error(capsys)
+        assert (
+            await refund(
+                temporal_env, settings, payment.id, "--amount", "5", "--request-id", "ticket-43"
+            )
+            == 0
+        )
+    assert sorted(stripe_refunds(sandbox, payment)) == [(500, "1"), (500, "2")]
+    with pytest.raises(SystemExit):
+        await refund(temporal_env, settings, payment.id, "--request-id", "two words")
+    assert "invalid request id" in capsys.readouterr().err
